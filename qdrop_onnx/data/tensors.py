@@ -1,0 +1,69 @@
+"""``.npy`` / ``.npz`` tensors as model input (already preprocessed, batch axis first)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from qdrop_onnx.data.source import InputSpec
+from qdrop_onnx.errors import DataError
+
+TENSOR_SUFFIXES = (".npy", ".npz")
+
+
+def is_tensor_source(path: Path) -> bool:
+    """A .npy/.npz file, or a folder that holds such files and no images."""
+    if path.is_file():
+        return path.suffix.lower() in TENSOR_SUFFIXES
+    return path.is_dir() and any(p.suffix.lower() in TENSOR_SUFFIXES for p in path.iterdir())
+
+
+def _arrays_in(path: Path, spec: InputSpec) -> list[np.ndarray]:
+    try:
+        if path.suffix.lower() == ".npy":
+            return [np.load(path, allow_pickle=False)]
+        with np.load(path, allow_pickle=False) as archive:
+            if spec.name in archive.files:
+                return [archive[spec.name]]
+            if len(archive.files) == 1:
+                return [archive[archive.files[0]]]
+            raise DataError(f"{path} holds {len(archive.files)} arrays and none is named {spec.name!r} "
+                            "(the model input)")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read tensors from {path}: {exc}") from None
+
+
+class TensorDataset:
+    """Arrays from one file or every .npy/.npz file of a folder (sorted), concatenated on axis 0."""
+
+    def __init__(self, path: str | Path, spec: InputSpec) -> None:
+        path = Path(path)
+        files = [path] if path.is_file() else sorted(p for p in path.iterdir()
+                                                     if p.suffix.lower() in TENSOR_SUFFIXES)
+        arrays = [a for f in files for a in _arrays_in(f, spec)]
+        rank = len(spec.dims)
+        fixed = [a if a.ndim == rank else a[None] if a.ndim == rank - 1 else None for a in arrays]
+        if any(a is None for a in fixed):
+            raise DataError(f"tensors in {path} do not have the model input's rank {rank}")
+        data = np.concatenate(fixed, axis=0) if fixed else np.empty((0,))
+        if len(data) == 0:
+            raise DataError(f"no tensors found in {path}")
+        for axis, dim in enumerate(spec.dims[1:], start=1):
+            if dim is not None and data.shape[axis] != dim:
+                raise DataError(f"tensors in {path} have shape {tuple(data.shape[1:])} per sample but the "
+                                f"model input {spec.name} takes {tuple(spec.dims[1:])}")
+        self.data = data.astype(spec.dtype, copy=False)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None
+
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        count = len(self.data) if limit is None else min(limit, len(self.data))
+        for start in range(0, count, batch_size):
+            yield self.data[start:min(start + batch_size, count)], None

@@ -1,0 +1,300 @@
+"""Read an ONNX model and turn it into the clean graph every later stage works on.
+
+Steps, in order: read (external data included), ``onnx.checker``, BatchNormalization folded into the Conv
+before it, onnxsim simplification (on failure the unsimplified graph is kept and one warning is logged),
+shape inference, Constant nodes turned into initializers, and every node given a unique name (weights are
+addressed by node name from here on). The symbolic batch dimension is kept. The input file is never
+modified: all work happens on an in-memory copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from qdrop_onnx.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+# Protobuf cannot serialise a message above 2 GiB; such models must keep their weights as external data.
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+@dataclass
+class LoadedModel:
+    """A validated, simplified ONNX model plus what was done to it."""
+
+    model: onnx.ModelProto
+    source: str
+    simplified: bool
+    folded_batchnorms: int
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def opset(self) -> int:
+        return default_opset(self.model)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The opset version of the default ('' / ai.onnx) domain."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ModelLoadError("model imports no version of the default ONNX domain")
+
+
+def _read(path: Path) -> onnx.ModelProto:
+    if not path.exists():
+        raise ModelLoadError(f"model not found: {path}")
+    if path.is_dir():
+        raise ModelLoadError(f"model path is a directory, not an ONNX file: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except DecodeError as exc:
+        raise ModelLoadError(f"{path} is not an ONNX model (protobuf parse failed: {exc})") from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from None
+    if not model.graph.node:
+        raise ModelLoadError(f"{path} is not an ONNX model (no graph nodes found)")
+    return model
+
+
+def _check(model: onnx.ModelProto, path: Path | None, name: str) -> None:
+    try:
+        if path is not None and model.ByteSize() > _PROTOBUF_LIMIT:
+            onnx.checker.check_model(str(path))
+        else:
+            onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{name} fails onnx.checker: {first}") from None
+
+
+def load_model(source: str | Path | onnx.ModelProto, *, simplify: bool = True) -> LoadedModel:
+    """Load, validate and clean an ONNX model.
+
+    Args:
+        source: path to a ``.onnx`` file (external data next to it is read too) or a ModelProto (copied).
+        simplify: run onnxsim; a failure there is not fatal (warned once, unsimplified graph kept).
+
+    Raises:
+        ModelLoadError: the file is missing, not ONNX, truncated, or fails ``onnx.checker``.
+    """
+    path: Path | None = None
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+        name = model.graph.name or "model"
+    else:
+        path = Path(source)
+        model = _read(path)
+        name = str(path)
+    _check(model, path, name)
+    default_opset(model)
+
+    warnings: list[str] = []
+    _name_nodes(model)
+    folded = fold_batchnorm_into_conv(model)
+    simplified = False
+    if simplify:
+        model, simplified, warning = _simplify(model)
+        if warning:
+            log.warning(warning)
+            warnings.append(warning)
+    _constants_to_initializers(model)
+    model = _infer_shapes(model)
+    if static_reshape_targets(model):
+        remove_dead_nodes(model)
+        model = _infer_shapes(model)
+    _name_nodes(model)
+    return LoadedModel(model=model, source=name, simplified=simplified, folded_batchnorms=folded,
+                       warnings=warnings)
+
+
+def _simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool, str | None]:
+    try:
+        import onnxsim
+    except ImportError as exc:  # pragma: no cover - onnxsim is a declared dependency
+        return model, False, f"onnxsim unavailable ({exc}); using the unsimplified graph"
+    try:
+        simplified, ok = onnxsim.simplify(model, check_n=0)
+    except Exception as exc:  # onnxsim raises many types (RuntimeError, onnx errors, ValueError...)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return model, False, f"onnxsim failed ({reason}); using the unsimplified graph"
+    if not ok:
+        return model, False, "onnxsim could not validate its result; using the unsimplified graph"
+    return simplified, True, None
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    # Stale value_info (onnxsim leaves some with made-up dim names) would stop symbolic dims propagating.
+    del model.graph.value_info[:]
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as exc:  # shape inference is an aid, never a requirement
+        log.warning("shape inference failed (%s); continuing without it", exc)
+        return model
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Give every node a unique, non-empty name: weights are looked up by node name later."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        node.name = name
+        seen.add(name)
+
+
+def _constants_to_initializers(model: onnx.ModelProto) -> None:
+    """Replace ``Constant`` nodes that carry a tensor by initializers (one place to look up constants)."""
+    graph = model.graph
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1:
+            attr = node.attribute[0]
+            value = None
+            if attr.name == "value":
+                value = numpy_helper.to_array(attr.t)
+            elif attr.name in ("value_float", "value_int"):
+                value = np.array(onnx.helper.get_attribute_value(attr),
+                                 dtype=np.float32 if attr.name == "value_float" else np.int64)
+            elif attr.name in ("value_floats", "value_ints"):
+                value = np.array(onnx.helper.get_attribute_value(attr),
+                                 dtype=np.float32 if attr.name == "value_floats" else np.int64)
+            if value is not None:
+                graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+                continue
+        keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
+def fold_batchnorm_into_conv(model: onnx.ModelProto) -> int:
+    """Fold every inference BatchNormalization that directly follows a Conv into that Conv.
+
+    Only folds when the Conv's weight and the BN's parameters are initializers and the Conv output feeds
+    nothing but the BN. Returns how many BN nodes were removed. Works in place.
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    graph_outputs = {o.name for o in graph.output}
+    removed: set[str] = set()
+    folded = 0
+    for bn in list(graph.node):
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
+            continue
+        if any(a.name == "training_mode" and a.i for a in bn.attribute):
+            continue
+        conv = producers.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or consumers.get(conv.output[0], 0) != 1:
+            continue
+        if conv.output[0] in graph_outputs or conv.input[1] not in inits:
+            continue
+        if not all(name in inits for name in bn.input[1:5]):
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        scale, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
+        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+        has_bias = len(conv.input) > 2 and conv.input[2] != ""
+        if has_bias and conv.input[2] not in inits:
+            continue
+        bias = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if has_bias
+                else np.zeros(weight.shape[0]))
+        factor = scale / np.sqrt(var + eps)
+        new_w = (weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))).astype(np.float32)
+        new_b = ((bias - mean) * factor + beta).astype(np.float32)
+        w_name, b_name = f"{conv.name}.weight_bnfold", f"{conv.name}.bias_bnfold"
+        graph.initializer.extend([numpy_helper.from_array(new_w, w_name), numpy_helper.from_array(new_b, b_name)])
+        data_input = conv.input[0]
+        del conv.input[:]
+        conv.input.extend([data_input, w_name, b_name])
+        conv.output[0] = bn.output[0]
+        removed.add(bn.name)
+        folded += 1
+    if removed:
+        keep = [n for n in graph.node if n.name not in removed]
+        del graph.node[:]
+        graph.node.extend(keep)
+        _drop_unused_initializers(model)
+    return folded
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None] | None:
+    tensor_type = value_info.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
+
+
+def static_reshape_targets(model: onnx.ModelProto) -> int:
+    """Give Reshapes whose target shape is computed at run time a constant target, where provable.
+
+    Exporters write ``x.view(x.size(0), -1)`` as Shape → Gather → Concat → Reshape. The batch size then
+    flows from the model input to the end of the graph, which hides every block boundary. Shape
+    inference (with symbolic data propagation) tells the Reshape's output shape; an output dim that is
+    the same symbol as the input dim at that position becomes 0 ("copy"), known dims stay, and one
+    unknown dim becomes -1. Returns how many Reshapes were rewritten.
+    """
+    graph = model.graph
+    shapes = {v.name: _dims(v) for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    initializers = {t.name for t in graph.initializer}
+    rewritten = 0
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.input[1] in initializers:
+            continue
+        if any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        in_dims, out_dims = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if not in_dims or not out_dims:
+            continue
+        target = []
+        for j, dim in enumerate(out_dims):
+            if isinstance(dim, int) and dim > 0:
+                target.append(dim)
+            elif isinstance(dim, str) and j < len(in_dims) and in_dims[j] == dim:
+                target.append(0)
+            else:
+                target.append(-1)
+        if target.count(-1) > 1:
+            continue
+        name = f"{node.name or node.output[0]}.static_shape"
+        graph.initializer.append(numpy_helper.from_array(np.array(target, dtype=np.int64), name))
+        node.input[1] = name
+        rewritten += 1
+    return rewritten
+
+
+def remove_dead_nodes(model: onnx.ModelProto) -> None:
+    """Drop nodes none of whose outputs are used (repeatedly), then unused initializers."""
+    graph = model.graph
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        keep = [n for n in graph.node if any(o in used for o in n.output if o)]
+        if len(keep) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(keep)
+    _drop_unused_initializers(model)

@@ -1,0 +1,188 @@
+"""Rebuild a clean ONNX graph as a torch module that computes what ONNX Runtime computes.
+
+Every node becomes one small module from the op registry (:mod:`qdrop_onnx.graph.ops`). Nodes whose
+inputs are all constant are evaluated once here (constant folding), so the module only runs what depends
+on the model input. The forward pass is generated code (``torch.fx``): no per-call walk over the ONNX
+graph. The same node modules serve the whole model and any sub-graph (a block), so parameters learned on
+a block are the model's parameters.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+import torch.fx as fx
+from onnx import numpy_helper
+from torch import Tensor, nn
+
+from qdrop_onnx.errors import UnsupportedModelError
+from qdrop_onnx.graph.load import LoadedModel, default_opset
+from qdrop_onnx.graph.ops import REGISTRY, LoweringContext, OnnxNode, Unsupported, WeightedOp
+
+
+@dataclass
+class LoweredNode:
+    """One ONNX node as it lives in the torch rebuild."""
+
+    node: OnnxNode
+    attr: str  # attribute name of its module under ``OnnxGraphModule.ops``
+    module: nn.Module
+    inputs: list[str]  # run-time tensor inputs (constants are inside the module)
+    multi_output: bool
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def weighted(self) -> bool:
+        return isinstance(self.module, WeightedOp)
+
+
+def _identifier(name: str, taken: set[str], prefix: str) -> str:
+    base = prefix + re.sub(r"\W", "_", name).strip("_")
+    candidate, i = base, 1
+    while candidate in taken:
+        candidate = f"{base}_{i}"
+        i += 1
+    taken.add(candidate)
+    return candidate
+
+
+class OnnxGraphModule(nn.Module):
+    """The torch rebuild of an ONNX graph.
+
+    ``forward(*inputs)`` takes the graph inputs in ONNX order and returns the single output, or a tuple
+    when the graph has several. Weighted ops are reachable by ONNX node name through :meth:`op` and
+    :meth:`weighted_ops`; :meth:`subgraph` builds a module for any part of the graph (a block).
+    """
+
+    def __init__(self, nodes: list[LoweredNode], input_names: list[str], output_names: list[str],
+                 constants: dict[str, np.ndarray]) -> None:
+        super().__init__()
+        self.ops = nn.ModuleDict({ln.attr: ln.module for ln in nodes})
+        self.nodes = nodes
+        self.input_names = input_names
+        self.output_names = output_names
+        self.constants = constants
+        self._by_name = {ln.name: ln for ln in nodes}
+        # Not registered as a child: it shares ``self.ops`` and would duplicate every parameter.
+        object.__setattr__(self, "_graph", self.subgraph([ln.name for ln in nodes], input_names, output_names))
+
+    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        out = self._graph(*inputs)
+        return out[0] if len(self.output_names) == 1 else out
+
+    def op(self, node_name: str) -> nn.Module:
+        """The module of the ONNX node called ``node_name`` (KeyError when it was folded or absent)."""
+        return self._by_name[node_name].module
+
+    def node(self, node_name: str) -> LoweredNode:
+        return self._by_name[node_name]
+
+    def weighted_ops(self) -> dict[str, WeightedOp]:
+        """ONNX node name → weighted module (Conv, ConvTranspose, Gemm, MatMul with constant weight)."""
+        return {ln.name: ln.module for ln in self.nodes if isinstance(ln.module, WeightedOp)}
+
+    def subgraph(self, node_names: Sequence[str], inputs: Sequence[str], outputs: Sequence[str]) -> fx.GraphModule:
+        """A module running ``node_names`` (in graph order): ``forward(*inputs) -> tuple(outputs)``."""
+        wanted = set(node_names)
+        graph = fx.Graph()
+        taken: set[str] = set()
+        env: dict[str, fx.Node] = {}
+        for name in inputs:
+            env[name] = graph.placeholder(_identifier(name, taken, "in_"))
+        for ln in self.nodes:
+            if ln.name not in wanted:
+                continue
+            missing = [t for t in ln.inputs if t not in env]
+            if missing:
+                raise ValueError(f"subgraph: node {ln.name} needs {missing}, which are not inputs of the subgraph")
+            result = graph.call_module(f"ops.{ln.attr}", tuple(env[t] for t in ln.inputs))
+            if ln.multi_output:
+                for i, out in enumerate(ln.node.outputs):
+                    if out:
+                        env[out] = graph.call_function(operator.getitem, (result, i))
+            else:
+                env[ln.node.outputs[0]] = result
+        missing = [t for t in outputs if t not in env]
+        if missing:
+            raise ValueError(f"subgraph: outputs {missing} are not computed by its nodes")
+        graph.output(tuple(env[t] for t in outputs))
+        return fx.GraphModule(self, graph)
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[str]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
+
+
+def _fold(lowered_module: nn.Module, inputs: list[str], constants: dict[str, np.ndarray],
+          outputs: Sequence[str], multi: bool) -> None:
+    with torch.no_grad():
+        result = lowered_module(*[torch.from_numpy(np.array(constants[t])) for t in inputs])
+    values = result if multi else (result,)
+    for name, value in zip(outputs, values, strict=False):
+        if name:
+            constants[name] = value.detach().cpu().numpy()
+
+
+def lower(model: LoadedModel | onnx.ModelProto) -> OnnxGraphModule:
+    """Build the torch rebuild of a (clean) ONNX model.
+
+    Raises:
+        UnsupportedModelError: one error listing every unsupported op type with its count.
+    """
+    proto = model.model if isinstance(model, LoadedModel) else model
+    constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    used = {name for node in proto.graph.node for name in node.input} | {o.name for o in proto.graph.output}
+    ctx = LoweringContext(constants, default_opset(proto), used)
+    input_names = _graph_inputs(proto)
+    output_names = [o.name for o in proto.graph.output]
+
+    unsupported: Counter[str] = Counter()
+    nodes: list[LoweredNode] = []
+    taken: set[str] = set()
+    for proto_node in proto.graph.node:
+        node = OnnxNode.from_proto(proto_node)
+        if node.domain not in ("", "ai.onnx") or node.op_type not in REGISTRY:
+            unsupported[node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"] += 1
+            continue
+        try:
+            lowered = REGISTRY[node.op_type](node, ctx)
+        except Unsupported as exc:
+            unsupported[exc.key] += 1
+            continue
+        if not isinstance(lowered.module, WeightedOp) and all(t in constants for t in lowered.inputs):
+            _fold(lowered.module, lowered.inputs, constants, node.outputs, lowered.multi_output)
+            continue
+        attr = _identifier(node.name, taken, "n_")
+        nodes.append(LoweredNode(node, attr, lowered.module, lowered.inputs, lowered.multi_output))
+    if unsupported:
+        raise UnsupportedModelError(describe_unsupported(unsupported), unsupported)
+    for name in output_names:
+        if name in constants:
+            raise UnsupportedModelError(f"graph output {name!r} is a constant; nothing to quantize",
+                                        Counter())
+    return OnnxGraphModule(nodes, input_names, output_names, constants)
+
+
+def describe_unsupported(counts: Counter[str]) -> str:
+    listing = ", ".join(f"{op} x{n}" for op, n in sorted(counts.items()))
+    return f"unsupported ops ({sum(counts.values())} nodes): {listing}"
+
+
+def to_tensors(arrays: Iterable[np.ndarray], device: torch.device | str = "cpu") -> list[Tensor]:
+    """NumPy model inputs → torch tensors on ``device`` (float arrays become float32)."""
+    out = []
+    for a in arrays:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        out.append((t.float() if t.is_floating_point() else t).to(device))
+    return out

@@ -1,0 +1,136 @@
+"""Cut the rebuilt graph into reconstruction blocks.
+
+A cut is a point in topological order where exactly one tensor is live: everything after it depends on
+the model input only through that tensor. Regions between cuts become blocks (a region with one weighted
+node is a *layer*). A region without weights is attached to its neighbour: pointwise activations (a Relu
+after a residual Add) to the block before them, anything else (pooling, flattening) to the block after.
+A region with more than ``max_weighted`` weighted nodes is split at weighted nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qdrop_onnx.graph.lower import LoweredNode, OnnxGraphModule
+
+# Ops that only transform a tensor pointwise: a weightless region made of them ends the block before it.
+POINTWISE_ACTIVATIONS = frozenset({
+    "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Erf",
+    "Mul",  # x * sigmoid(x) (SiLU) closes a block in many exporters
+})
+
+
+@dataclass
+class Block:
+    """A unit of reconstruction: nodes run in graph order from ``inputs`` to ``outputs``."""
+
+    index: int
+    nodes: list[str]
+    inputs: list[str]
+    outputs: list[str]
+    weighted: list[str]
+    num_params: int
+    op_types: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return "layer" if len(self.weighted) == 1 else "block"
+
+    @property
+    def name(self) -> str:
+        return self.weighted[0] if self.weighted else self.nodes[0]
+
+
+def _single_live_cuts(nodes: list[LoweredNode], outputs: list[str]) -> list[int]:
+    """Indices i such that after node i exactly one non-constant tensor is still needed."""
+    last_use: dict[str, int] = {}
+    for i, ln in enumerate(nodes):
+        for t in ln.inputs:
+            last_use[t] = i
+    end = len(nodes)
+    for t in outputs:
+        last_use[t] = end
+    live: set[str] = set()
+    cuts = []
+    for i, ln in enumerate(nodes):
+        live = {t for t in live if last_use.get(t, -1) > i}
+        live |= {t for t in ln.node.outputs if t and last_use.get(t, -1) > i}
+        if len(live) == 1:
+            cuts.append(i)
+    return cuts
+
+
+def _regions(nodes: list[LoweredNode], cuts: list[int]) -> list[list[LoweredNode]]:
+    regions, start = [], 0
+    for c in cuts:
+        if c + 1 > start:
+            regions.append(nodes[start:c + 1])
+            start = c + 1
+    if start < len(nodes):
+        regions.append(nodes[start:])
+    return regions
+
+
+def _attach_weightless(regions: list[list[LoweredNode]]) -> list[list[LoweredNode]]:
+    merged: list[list[LoweredNode]] = []
+    pending: list[LoweredNode] = []  # weightless nodes waiting for the next weighted region
+    for region in regions:
+        if any(ln.weighted for ln in region):
+            merged.append(pending + region)
+            pending = []
+        elif merged and not pending and all(ln.node.op_type in POINTWISE_ACTIVATIONS for ln in region):
+            merged[-1] = merged[-1] + region
+        else:
+            pending += region
+    if pending:
+        if merged:
+            merged[-1] = merged[-1] + pending
+        else:
+            merged.append(pending)
+    return merged
+
+
+def _split_large(region: list[LoweredNode], max_weighted: int) -> list[list[LoweredNode]]:
+    parts: list[list[LoweredNode]] = [[]]
+    count = 0
+    for ln in region:
+        if ln.weighted:
+            if count == max_weighted:
+                parts.append([])
+                count = 0
+            count += 1
+        parts[-1].append(ln)
+    return parts
+
+
+def partition(model: OnnxGraphModule, max_weighted: int = 8) -> list[Block]:
+    """Cut ``model`` into blocks in topological order (see module docstring)."""
+    nodes = model.nodes
+    regions = _attach_weightless(_regions(nodes, _single_live_cuts(nodes, model.output_names)))
+    parts = [p for r in regions for p in _split_large(r, max_weighted)]
+
+    consumers: dict[str, set[int]] = {}
+    producer_part: dict[str, int] = {}
+    for k, part in enumerate(parts):
+        for ln in part:
+            for t in ln.inputs:
+                consumers.setdefault(t, set()).add(k)
+            for t in ln.node.outputs:
+                if t:
+                    producer_part[t] = k
+    graph_outputs = set(model.output_names)
+    blocks = []
+    for k, part in enumerate(parts):
+        produced = {t for ln in part for t in ln.node.outputs if t}
+        inputs: list[str] = []
+        for ln in part:
+            for t in ln.inputs:
+                if t not in produced and t not in inputs:
+                    inputs.append(t)
+        outputs = [t for ln in part for t in ln.node.outputs
+                   if t and (t in graph_outputs or consumers.get(t, set()) - {k})]
+        weighted = [ln.name for ln in part if ln.weighted]
+        params = sum(p.numel() for ln in part if ln.weighted for p in ln.module.parameters())
+        blocks.append(Block(k, [ln.name for ln in part], inputs, outputs, weighted, params,
+                            [ln.node.op_type for ln in part]))
+    return blocks

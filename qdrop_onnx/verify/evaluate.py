@@ -1,0 +1,84 @@
+"""ONNX Runtime sessions and classification accuracy."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from qdrop_onnx.data.source import Dataset, InputSpec
+from qdrop_onnx.errors import DataError, ModelLoadError
+
+OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def providers_for(device: str = "auto") -> list[str]:
+    """Execution providers: CUDA first when available (device auto/cuda), CPU always last."""
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise ModelLoadError("--device cuda requested but this onnxruntime has no CUDAExecutionProvider")
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def make_session(model: str | Path | bytes, *, device: str = "auto", opt_level: str = "all",
+                 optimized_model_path: str | Path | None = None) -> ort.InferenceSession:
+    """An InferenceSession with the given optimisation level (``disable|basic|extended|all``)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = OPT_LEVELS[opt_level]
+    options.log_severity_level = 3
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=providers_for(device))
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"ONNX Runtime cannot load the model: {first}") from None
+
+
+@dataclass
+class ClassificationResult:
+    """Top-k accuracy (percent) over ``count`` samples; ``predictions`` holds the top-1 class per sample."""
+
+    top1: float
+    top5: float
+    count: int
+    seconds: float
+    predictions: np.ndarray
+
+
+def evaluate_classification(session: ort.InferenceSession, dataset: Dataset, spec: InputSpec, *,
+                            batch_size: int = 64, limit: int | None = None) -> ClassificationResult:
+    """Top-1/top-5 of ``session`` on a labeled dataset (the first model output is the logits)."""
+    if dataset.labels is None:
+        raise DataError("accuracy needs labels: put the images in one folder per class")
+    if spec.fixed_batch is not None:
+        batch_size = spec.fixed_batch
+    start = time.perf_counter()
+    top1 = top5 = count = 0
+    predictions = []
+    for x, y in dataset.batches(batch_size, limit):
+        if spec.fixed_batch is not None and len(x) < spec.fixed_batch:
+            pad = np.repeat(x[-1:], spec.fixed_batch - len(x), axis=0)
+            logits = session.run(None, {spec.name: np.concatenate([x, pad])})[0][:len(x)]
+        else:
+            logits = session.run(None, {spec.name: x})[0]
+        logits = logits.reshape(len(x), -1)
+        k = min(5, logits.shape[1])
+        top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        top1 += int((top[:, 0] == y).sum())
+        top5 += int((top == y[:, None]).any(axis=1).sum())
+        count += len(x)
+        predictions.append(top[:, 0])
+    return ClassificationResult(100.0 * top1 / count, 100.0 * top5 / count, count,
+                                time.perf_counter() - start, np.concatenate(predictions))
