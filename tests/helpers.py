@@ -22,7 +22,8 @@ _ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProt
 
 def make_model(nodes: list[onnx.NodeProto], inputs: dict[str, np.ndarray], outputs: list[str],
                consts: dict[str, np.ndarray] | None = None, opset: int = 17,
-               out_types: dict[str, int] | None = None) -> onnx.ModelProto:
+               out_types: dict[str, int] | None = None,
+               domains: dict[str, int] | None = None) -> onnx.ModelProto:
     """A model from nodes; graph inputs typed from example arrays, outputs float unless out_types says."""
     out_types = out_types or {}
     graph = helper.make_graph(
@@ -31,10 +32,11 @@ def make_model(nodes: list[onnx.NodeProto], inputs: dict[str, np.ndarray], outpu
         [helper.make_tensor_value_info(n, out_types.get(n, TensorProto.FLOAT), None) for n in outputs],
         [numpy_helper.from_array(np.asarray(v), n) for n, v in (consts or {}).items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    imports = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in (domains or {}).items()]
+    model = helper.make_model(graph, opset_imports=imports)
     model.ir_version = 8 if opset <= 17 else 9 if opset <= 20 else 10
     # Graph outputs need a shape for onnx.checker: take it from shape inference (rank-only when unknown).
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(model) if not domains else model
     known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
     for out in model.graph.output:
         source = known.get(out.name)
@@ -70,3 +72,31 @@ def max_abs_diff(model: onnx.ModelProto, feeds: dict[str, np.ndarray], simplify:
         if g.size:
             worst = max(worst, float(np.max(np.abs(g.astype(np.float64) - e.astype(np.float64)))))
     return worst
+
+
+def small_cnn(seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray]:
+    """Conv-BN-Relu → residual Conv-Relu → GAP → Gemm, with a dynamic batch: a tiny stand-in for ResNets."""
+    rng = np.random.RandomState(seed)
+    N = helper.make_node
+    consts = {
+        "w0": rng.randn(8, 3, 3, 3).astype(np.float32) * 0.3, "b0": rng.randn(8).astype(np.float32) * 0.1,
+        "bn_s": 1 + 0.1 * rng.randn(8).astype(np.float32), "bn_b": 0.1 * rng.randn(8).astype(np.float32),
+        "bn_m": 0.1 * rng.randn(8).astype(np.float32), "bn_v": 1 + 0.1 * rng.rand(8).astype(np.float32),
+        "w1": rng.randn(8, 8, 3, 3).astype(np.float32) * 0.2, "fc": rng.randn(10, 8).astype(np.float32),
+        "fc_b": rng.randn(10).astype(np.float32) * 0.1,
+    }
+    nodes = [
+        N("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1], name="stem"),
+        N("BatchNormalization", ["c0", "bn_s", "bn_b", "bn_m", "bn_v"], ["n0"], name="stem_bn"),
+        N("Relu", ["n0"], ["r0"]),
+        N("Conv", ["r0", "w1"], ["c1"], pads=[1, 1, 1, 1], name="res_conv"),
+        N("Relu", ["c1"], ["r1"]), N("Add", ["r0", "r1"], ["s"]), N("Relu", ["s"], ["r2"]),
+        N("GlobalAveragePool", ["r2"], ["g"]), N("Flatten", ["g"], ["f"]),
+        N("Gemm", ["f", "fc", "fc_b"], ["logits"], transB=1, name="fc"),
+    ]
+    x = rng.randn(4, 3, 8, 8).astype(np.float32)
+    model = make_model(nodes, {"x": x}, ["logits"], consts)
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_param = "N"
+    return model, x

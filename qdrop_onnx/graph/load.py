@@ -10,6 +10,7 @@ modified: all work happens on an in-memory copy.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,12 +77,17 @@ def _check(model: onnx.ModelProto, path: Path | None, name: str) -> None:
         raise ModelLoadError(f"{name} fails onnx.checker: {first}") from None
 
 
-def load_model(source: str | Path | onnx.ModelProto, *, simplify: bool = True) -> LoadedModel:
+Simplifier = Callable[[onnx.ModelProto], tuple[onnx.ModelProto, bool]]
+
+
+def load_model(source: str | Path | onnx.ModelProto, *, simplify: bool = True,
+               simplifier: Simplifier | None = None) -> LoadedModel:
     """Load, validate and clean an ONNX model.
 
     Args:
         source: path to a ``.onnx`` file (external data next to it is read too) or a ModelProto (copied).
-        simplify: run onnxsim; a failure there is not fatal (warned once, unsimplified graph kept).
+        simplify: run the simplifier; a failure there is not fatal (warned once, unsimplified graph kept).
+        simplifier: ``model -> (model, ok)``; default ``onnxsim.simplify(model, check_n=0)``.
 
     Raises:
         ModelLoadError: the file is missing, not ONNX, truncated, or fails ``onnx.checker``.
@@ -103,27 +109,28 @@ def load_model(source: str | Path | onnx.ModelProto, *, simplify: bool = True) -
     folded = fold_batchnorm_into_conv(model)
     simplified = False
     if simplify:
-        model, simplified, warning = _simplify(model)
+        model, simplified, warning = _simplify(model, simplifier)
         if warning:
             log.warning(warning)
             warnings.append(warning)
     _constants_to_initializers(model)
-    model = _infer_shapes(model)
     if static_reshape_targets(model):
         remove_dead_nodes(model)
-        model = _infer_shapes(model)
+    model = _infer_shapes(model)
     _name_nodes(model)
     return LoadedModel(model=model, source=name, simplified=simplified, folded_batchnorms=folded,
                        warnings=warnings)
 
 
-def _simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool, str | None]:
+def _onnxsim(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    import onnxsim
+
+    return onnxsim.simplify(model, check_n=0)
+
+
+def _simplify(model: onnx.ModelProto, simplifier: Simplifier | None) -> tuple[onnx.ModelProto, bool, str | None]:
     try:
-        import onnxsim
-    except ImportError as exc:  # pragma: no cover - onnxsim is a declared dependency
-        return model, False, f"onnxsim unavailable ({exc}); using the unsimplified graph"
-    try:
-        simplified, ok = onnxsim.simplify(model, check_n=0)
+        simplified, ok = (simplifier or _onnxsim)(model)
     except Exception as exc:  # onnxsim raises many types (RuntimeError, onnx errors, ValueError...)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return model, False, f"onnxsim failed ({reason}); using the unsimplified graph"
@@ -259,7 +266,15 @@ def static_reshape_targets(model: onnx.ModelProto) -> int:
     unknown dim becomes -1. Returns how many Reshapes were rewritten.
     """
     graph = model.graph
-    shapes = {v.name: _dims(v) for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    # Infer on a copy whose declared output shapes are cleared: a declared shape (often with made-up
+    # symbols such as 'unk__0') would otherwise win over the inferred one.
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for out in probe.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    probe = _infer_shapes(probe)
+    pg = probe.graph
+    shapes = {v.name: _dims(v) for v in list(pg.value_info) + list(pg.input) + list(pg.output)}
     initializers = {t.name for t in graph.initializer}
     rewritten = 0
     for node in graph.node:

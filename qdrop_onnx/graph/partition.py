@@ -41,7 +41,7 @@ class Block:
         return self.weighted[0] if self.weighted else self.nodes[0]
 
 
-def _single_live_cuts(nodes: list[LoweredNode], outputs: list[str]) -> list[int]:
+def _single_live_cuts(nodes: list[LoweredNode], inputs: list[str], outputs: list[str]) -> list[int]:
     """Indices i such that after node i exactly one non-constant tensor is still needed."""
     last_use: dict[str, int] = {}
     for i, ln in enumerate(nodes):
@@ -50,7 +50,7 @@ def _single_live_cuts(nodes: list[LoweredNode], outputs: list[str]) -> list[int]
     end = len(nodes)
     for t in outputs:
         last_use[t] = end
-    live: set[str] = set()
+    live: set[str] = set(inputs)  # graph inputs are live until their last consumer
     cuts = []
     for i, ln in enumerate(nodes):
         live = {t for t in live if last_use.get(t, -1) > i}
@@ -106,7 +106,7 @@ def _split_large(region: list[LoweredNode], max_weighted: int) -> list[list[Lowe
 def partition(model: OnnxGraphModule, max_weighted: int = 8) -> list[Block]:
     """Cut ``model`` into blocks in topological order (see module docstring)."""
     nodes = model.nodes
-    regions = _attach_weightless(_regions(nodes, _single_live_cuts(nodes, model.output_names)))
+    regions = _attach_weightless(_regions(nodes, _single_live_cuts(nodes, model.input_names, model.output_names)))
     parts = [p for r in regions for p in _split_large(r, max_weighted)]
 
     consumers: dict[str, set[int]] = {}
