@@ -1,7 +1,8 @@
 # CPU image by default; --build-arg ORT_PACKAGE=onnxruntime-gpu swaps in the CUDA build of ONNX Runtime.
 FROM python:3.11-slim
 ARG ORT_PACKAGE=onnxruntime
-ARG TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# Pass a CPU wheel index in TORCH_SPEC to keep the image small; the default resolves from PyPI.
+ARG TORCH_SPEC="torch==2.13.0"
 WORKDIR /opt/qdrop-onnx
 COPY pyproject.toml README.md ./
 COPY qdrop_onnx ./qdrop_onnx
