@@ -213,16 +213,24 @@ def _same_pads(in_sizes: Sequence[int], kernel: Sequence[int], strides: Sequence
     return begins + ends
 
 
-class Conv(WeightedOp):
+class _ConvBase(WeightedOp):
+    """Geometry shared by Conv and ConvTranspose (kernel from the weight, ONNX attribute defaults)."""
+
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None, node: OnnxNode) -> None:
         super().__init__(weight, bias)
-        self.channel_axis = 0
         spatial = weight.ndim - 2
         self.kernel = list(weight.shape[2:])
         self.strides = tuple(node.attr("strides", [1] * spatial))
         self.dilations = tuple(node.attr("dilations", [1] * spatial))
         self.groups = int(node.attr("group", 1))
         self.auto_pad = node.attr("auto_pad", "NOTSET")
+
+
+class Conv(_ConvBase):
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, node: OnnxNode) -> None:
+        super().__init__(weight, bias, node)
+        self.channel_axis = 0
+        spatial = weight.ndim - 2
         self.pre_pad, self.padding = _conv_padding(list(node.attr("pads", [0] * 2 * spatial)), spatial)
         self.conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[spatial]
 
@@ -240,18 +248,13 @@ class Conv(WeightedOp):
                          self.groups)
 
 
-class ConvTranspose(WeightedOp):
+class ConvTranspose(_ConvBase):
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None, node: OnnxNode) -> None:
-        super().__init__(weight, bias)
+        super().__init__(weight, bias, node)
         self.channel_axis = 1
         spatial = weight.ndim - 2
-        self.kernel = list(weight.shape[2:])
-        self.strides = tuple(node.attr("strides", [1] * spatial))
-        self.dilations = tuple(node.attr("dilations", [1] * spatial))
-        self.groups = int(node.attr("group", 1))
         self.output_padding = list(node.attr("output_padding", [0] * spatial))
         self.output_shape = node.attr("output_shape")
-        self.auto_pad = node.attr("auto_pad", "NOTSET")
         self.pads = list(node.attr("pads", [0] * 2 * spatial))
         self.conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[spatial]
 
