@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import click
@@ -150,6 +151,89 @@ def eval_cmd(model: str, data: str, preset: str | None, classes: str | None,
     click.echo(f"top-1:  {result.top1:.2f} %")
     click.echo(f"top-5:  {result.top5:.2f} %")
     click.echo(f"time:   {result.seconds:.1f} s ({session.get_providers()[0]})")
+
+
+def _data_options(preset: str | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+                  size: tuple[int, int] | None, resize: int | None) -> Any:
+    from qdrop_onnx.api import DataOptions
+
+    return DataOptions(preset=preset, mean=mean, std=std, size=size, resize=resize)
+
+
+def _size_mb(path: str | Path) -> float:
+    return Path(path).stat().st_size / 2**20
+
+
+@cli.command()
+@_model_arg
+@click.option("--calib", required=True, type=click.Path(exists=True),
+              help="Calibration data: image folder (labels not needed) or .npy/.npz file/folder.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Output file. [default: <model stem>.w{W}a{A}.onnx beside the model]")
+@click.option("--w", "w_bits", type=click.IntRange(2, 8), default=None, help="Weight bits (2-8). [default: 4]")
+@click.option("--a", "a_bits", type=click.IntRange(2, 8), default=None, help="Activation bits (2-8). [default: 4]")
+@click.option("--method", type=click.Choice(["rtn"]), default=None,
+              help="rtn: round-to-nearest after Lp/MSE range search (reconstruction methods: later). [default: rtn]")
+@click.option("--format", "format", type=click.Choice(["int8", "native"]), default=None,
+              help="int8: b-bit grids in 8-bit containers (integer kernels in ORT); native: INT4/INT2 types. "
+                   "[default: int8]")
+@click.option("--weight-asymmetric", is_flag=True, default=None, help="Asymmetric per-channel weights (the paper's).")
+@click.option("--quantize-first-last", is_flag=True, default=None,
+              help="Quantize the first and last weighted layers at --w/--a too (default: 8-bit).")
+@click.option("--residual-bits", type=click.IntRange(2, 8), default=None,
+              help="Bits of a conv output that feeds a residual Add (lets runtimes fuse integer convs/adds). "
+                   "[default: 8]")
+@click.option("--exclude", multiple=True, help="Keep this weighted node in float (repeatable; see `inspect`).")
+@click.option("--act-init", type=click.Choice(["minmax", "percentile", "mse"]), default=None,
+              help="Activation range initialisation. [default: mse]")
+@click.option("--reduce-range", is_flag=True, default=None,
+              help="7-bit weights for 8-bit layers: exact in ORT's int8 kernels on CPUs without VNNI.")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Calibration samples to use. [default: 1024]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 32]")
+@click.option("--seed", type=int, default=None, help="[default: 0]")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TOML/YAML/JSON file with any of the settings above; flags override it.")
+@click.option("--preset", type=click.Choice(["cifar10", "imagenet", "tf"]), default=None,
+              help="Image preprocessing preset (see `eval --help`).")
+@click.option("--mean", type=float, nargs=3, default=None, help="Per-channel mean, 0-255 pixel units.")
+@click.option("--std", type=float, nargs=3, default=None, help="Per-channel std, 0-255 pixel units.")
+@click.option("--size", type=int, nargs=2, default=None, help="Final image height and width.")
+@click.option("--resize", type=int, default=None, help="Resize the short side to this before center crop.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def quantize(model: str, calib: str, output: str | None, config_file: str | None, preset: str | None,
+             mean: tuple[float, float, float] | None, std: tuple[float, float, float] | None,
+             size: tuple[int, int] | None, resize: int | None, device: str, **flags: Any) -> None:
+    """Quantize MODEL to a QDQ ONNX file using unlabeled calibration data.
+
+    Every setting can also come from --config FILE (keys as the flag names); flags given override it.
+    """
+    from qdrop_onnx.api import default_output
+    from qdrop_onnx.api import quantize as run_quantize
+    from qdrop_onnx.quant.config import QuantConfig, read_config_file
+
+    settings = read_config_file(config_file) if config_file else {}
+    flags["exclude"] = list(flags["exclude"]) or None
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    config = QuantConfig.from_dict(settings, source=config_file or "flags").validate()
+    out = Path(output) if output else default_output(model, config)
+    if out.resolve() == Path(model).resolve():
+        raise click.UsageError("--output is the input model; choose another path (the input is never overwritten)")
+    if out.is_dir():
+        raise click.UsageError(f"--output {out} is a directory; give a file name")
+    if not out.parent.is_dir():
+        raise click.UsageError(f"--output folder {out.parent} does not exist")
+    result = run_quantize(model, calib, config, out, data=_data_options(preset, mean, std, size, resize),
+                          device=device)
+    plan = result.plan
+    w_hist = Counter(spec.bits for spec in plan.weights.values())
+    a_hist = Counter(spec.bits for spec in plan.activations.values())
+    click.echo(f"wrote {out}")
+    click.echo(f"  method {config.method}, format {config.format}, {result.seconds:.1f} s, "
+               f"{result.calibration_samples} calibration samples")
+    click.echo("  weights:     " + ", ".join(f"{n} layers at {b} bits" for b, n in sorted(w_hist.items()))
+               + (f", {len(plan.excluded)} kept in float" if plan.excluded else ""))
+    click.echo("  activations: " + ", ".join(f"{n} tensors at {b} bits" for b, n in sorted(a_hist.items())))
+    click.echo(f"  size:        {_size_mb(model):.2f} MB -> {_size_mb(out):.2f} MB")
 
 
 def main() -> None:

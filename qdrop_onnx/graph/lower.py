@@ -68,6 +68,9 @@ class OnnxGraphModule(nn.Module):
                  constants: dict[str, np.ndarray]) -> None:
         super().__init__()
         self.ops = nn.ModuleDict({ln.attr: ln.module for ln in nodes})
+        # Modules applied to a tensor wherever it appears (activation quantizers): tensor name -> attr.
+        self.tensor_ops = nn.ModuleDict()
+        self._tensor_attr: dict[str, str] = {}
         self.nodes = nodes
         self.input_names = input_names
         self.output_names = output_names
@@ -75,6 +78,28 @@ class OnnxGraphModule(nn.Module):
         self._by_name = {ln.name: ln for ln in nodes}
         # Not registered as a child: it shares ``self.ops`` and would duplicate every parameter.
         object.__setattr__(self, "_graph", self.subgraph([ln.name for ln in nodes], input_names, output_names))
+
+    def set_tensor_modules(self, modules: dict[str, nn.Module]) -> None:
+        """Apply ``modules[t]`` to tensor ``t`` right where it is produced (or enters a subgraph).
+
+        Every consumer then sees the transformed tensor; this is how activation quantizers are inserted.
+        Replaces any previous mapping and regenerates the forward code.
+        """
+        unknown = [t for t in modules if t not in self._known_tensors()]
+        if unknown:
+            raise KeyError(f"no such tensors in the graph: {unknown[:3]}")
+        taken: set[str] = set()
+        self._tensor_attr = {t: _identifier(t, taken, "t_") for t in modules}
+        self.tensor_ops = nn.ModuleDict({self._tensor_attr[t]: m for t, m in modules.items()})
+        names = [ln.name for ln in self.nodes]
+        object.__setattr__(self, "_graph", self.subgraph(names, self.input_names, self.output_names))
+
+    def tensor_module(self, tensor: str) -> nn.Module | None:
+        attr = self._tensor_attr.get(tensor)
+        return self.tensor_ops[attr] if attr is not None else None
+
+    def _known_tensors(self) -> set[str]:
+        return set(self.input_names) | {t for ln in self.nodes for t in ln.node.outputs if t}
 
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         out = self._graph(*inputs)
@@ -91,14 +116,27 @@ class OnnxGraphModule(nn.Module):
         """ONNX node name → weighted module (Conv, ConvTranspose, Gemm, MatMul with constant weight)."""
         return {ln.name: ln.module for ln in self.nodes if isinstance(ln.module, WeightedOp)}
 
-    def subgraph(self, node_names: Sequence[str], inputs: Sequence[str], outputs: Sequence[str]) -> fx.GraphModule:
-        """A module running ``node_names`` (in graph order): ``forward(*inputs) -> tuple(outputs)``."""
+    def subgraph(self, node_names: Sequence[str], inputs: Sequence[str], outputs: Sequence[str],
+                 transform_inputs: bool = True) -> fx.GraphModule:
+        """A module running ``node_names`` (in graph order): ``forward(*inputs) -> tuple(outputs)``.
+
+        Tensor modules (see :meth:`set_tensor_modules`) are applied to produced tensors and, when
+        ``transform_inputs``, to the subgraph's inputs; outputs are returned as produced (a tensor module
+        on an output is applied by its consumer's subgraph instead, never twice).
+        """
         wanted = set(node_names)
         graph = fx.Graph()
         taken: set[str] = set()
-        env: dict[str, fx.Node] = {}
+        env: dict[str, fx.Node] = {}  # tensor as consumers see it (transformed)
+        raw: dict[str, fx.Node] = {}  # tensor as produced
+
+        def bind(name: str, node: fx.Node, transform: bool) -> None:
+            raw[name] = node
+            attr = self._tensor_attr.get(name)
+            env[name] = graph.call_module(f"tensor_ops.{attr}", (node,)) if attr and transform else node
+
         for name in inputs:
-            env[name] = graph.placeholder(_identifier(name, taken, "in_"))
+            bind(name, graph.placeholder(_identifier(name, taken, "in_")), transform_inputs)
         for ln in self.nodes:
             if ln.name not in wanted:
                 continue
@@ -109,13 +147,13 @@ class OnnxGraphModule(nn.Module):
             if ln.multi_output:
                 for i, out in enumerate(ln.node.outputs):
                     if out:
-                        env[out] = graph.call_function(operator.getitem, (result, i))
+                        bind(out, graph.call_function(operator.getitem, (result, i)), True)
             else:
-                env[ln.node.outputs[0]] = result
-        missing = [t for t in outputs if t not in env]
+                bind(ln.node.outputs[0], result, True)
+        missing = [t for t in outputs if t not in raw]
         if missing:
             raise ValueError(f"subgraph: outputs {missing} are not computed by its nodes")
-        graph.output(tuple(env[t] for t in outputs))
+        graph.output(tuple(raw[t] for t in outputs))
         return fx.GraphModule(self, graph)
 
 

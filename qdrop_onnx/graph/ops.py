@@ -183,11 +183,17 @@ class WeightedOp(nn.Module):
         self.weight = nn.Parameter(_tensor(weight).float())
         self.bias = nn.Parameter(_tensor(bias).float()) if bias is not None else None
         self.weight_quantizer: nn.Module | None = None
+        self.bias_quantizer: nn.Module | None = None
 
     def effective_weight(self) -> Tensor:
         if self.weight_quantizer is None:
             return self.weight
         return self.weight_quantizer(self.weight)
+
+    def effective_bias(self) -> Tensor | None:
+        if self.bias is None or self.bias_quantizer is None:
+            return self.bias
+        return self.bias_quantizer(self.bias)
 
 
 def _conv_padding(pads: list[int], spatial: int) -> tuple[tuple[int, ...] | None, tuple[int, ...]]:
@@ -244,8 +250,8 @@ class Conv(_ConvBase):
                 x = F.pad(x, pre_pad)
         elif self.pre_pad is not None:
             x = F.pad(x, self.pre_pad)
-        return self.conv(x, self.effective_weight(), self.bias, self.strides, padding, self.dilations,
-                         self.groups)
+        return self.conv(x, self.effective_weight(), self.effective_bias(), self.strides, padding,
+                         self.dilations, self.groups)
 
 
 class ConvTranspose(_ConvBase):
@@ -281,7 +287,7 @@ class ConvTranspose(_ConvBase):
     def forward(self, x: Tensor) -> Tensor:
         spatial = len(self.kernel)
         pads = self._pads(x.shape[2:])
-        y = self.conv(x, self.effective_weight(), self.bias, self.strides, 0, self.output_padding,
+        y = self.conv(x, self.effective_weight(), self.effective_bias(), self.strides, 0, self.output_padding,
                       self.groups, self.dilations)
         if any(pads):
             index = [slice(None), slice(None)]
@@ -309,8 +315,9 @@ class Gemm(WeightedOp):
         y = a @ (w.t() if self.trans_b else w)
         if self.alpha != 1.0:
             y = y * self.alpha
-        if self.bias is not None:
-            y = y + (self.bias if self.beta == 1.0 else self.bias * self.beta)
+        bias = self.effective_bias()
+        if bias is not None:
+            y = y + (bias if self.beta == 1.0 else bias * self.beta)
         return y
 
 

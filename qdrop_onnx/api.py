@@ -1,0 +1,113 @@
+"""The Python API: ``quantize(model, calib, config) -> QuantResult``, mirroring ``qdrop-onnx quantize``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+
+from qdrop_onnx.data import Dataset, input_spec, open_dataset
+from qdrop_onnx.errors import DataError
+from qdrop_onnx.export.params import QuantParams
+from qdrop_onnx.export.qdq import ExportError, build_qdq_model, save_model_atomic
+from qdrop_onnx.graph import load_model, lower
+from qdrop_onnx.graph.lower import OnnxGraphModule
+from qdrop_onnx.quant.config import ConfigError, QuantConfig
+from qdrop_onnx.quant.placement import QuantPlan, plan_quantization
+from qdrop_onnx.quant.sim import QuantSim
+
+
+@dataclass
+class DataOptions:
+    """How calibration images are preprocessed (see ``qdrop-onnx eval --help``)."""
+
+    preset: str | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    size: tuple[int, int] | None = None
+    resize: int | None = None
+
+
+@dataclass
+class QuantResult:
+    """What :func:`quantize` produced. ``sim`` is the torch fake-quant model the file reproduces."""
+
+    model: onnx.ModelProto
+    params: QuantParams
+    plan: QuantPlan
+    config: QuantConfig
+    sim: QuantSim
+    output: Path | None = None
+    seconds: float = 0.0
+    calibration_samples: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but torch sees no CUDA device")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_output(model_path: str | Path, config: QuantConfig) -> Path:
+    """``<stem>.w{W}a{A}.onnx`` beside the input model."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.w{config.w_bits}a{config.a_bits}.onnx")
+
+
+def _calibration_batches(dataset: Dataset, limit: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    for x, _ in dataset.batches(batch_size, limit):
+        yield torch.from_numpy(x).to(device)
+
+
+def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset, config: QuantConfig,
+             output: str | Path | None = None, *, data: DataOptions | None = None,
+             device: str = "auto") -> QuantResult:
+    """Quantize ``model`` on calibration data ``calib`` (folder, .npy/.npz, or a Dataset) per ``config``.
+
+    Writes the QDQ model to ``output`` when given (atomically; never over the input model) and returns
+    the model, the learned parameters and the simulation that produced them.
+    """
+    start = time.perf_counter()
+    config.validate()
+    if config.method != "rtn":
+        raise ConfigError(f"method {config.method!r} is not available yet; use --method rtn")
+    same_file = not isinstance(model, onnx.ModelProto) and output is not None \
+        and Path(output).resolve() == Path(model).resolve()
+    if same_file:
+        raise ExportError("the output path is the input model; choose another path (the input is never overwritten)")
+    timings: dict[str, float] = {}
+    loaded = load_model(model)
+    graph: OnnxGraphModule = lower(loaded)
+    spec = input_spec(loaded.model)
+    data = data or DataOptions()
+    dataset = calib if not isinstance(calib, str | Path) else open_dataset(
+        calib, spec, preset=data.preset, mean=data.mean, std=data.std, size=data.size, resize=data.resize)
+    if len(dataset) == 0:
+        raise DataError("the calibration data holds no samples")
+    timings["load"] = time.perf_counter() - start
+
+    torch.manual_seed(config.seed)
+    dev = pick_device(device)
+    plan = plan_quantization(graph, config)
+    sim = QuantSim(graph, plan, config)
+    graph.to(dev)
+    t = time.perf_counter()
+    sim.calibrate(_calibration_batches(dataset, min(config.calib_act_samples, config.samples), config.batch_size, dev))
+    timings["calibrate"] = time.perf_counter() - t
+    graph.cpu()
+    params = sim.export_params()
+    qdq = build_qdq_model(loaded.model, params, config.format)
+    used = min(len(dataset), config.samples, config.calib_act_samples)
+    result = QuantResult(qdq, params, plan, config, sim, calibration_samples=used,
+                         timings=timings)
+    if output is not None:
+        result.output = save_model_atomic(qdq, output)
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,40 @@
+"""What the exporter needs from quantization: plain NumPy values, no torch.
+
+This is the one contract between the learning side (quant/, recon/) and the writing side (export/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ActivationParams:
+    """Per-tensor quantization of an activation on the unsigned grid [0, 2^bits - 1]."""
+
+    tensor: str
+    bits: int
+    scale: np.float32
+    zero_point: int
+
+
+@dataclass
+class WeightParams:
+    """Per-channel quantization of one weighted node's weight (signed grid) and, optionally, its bias."""
+
+    node: str
+    bits: int
+    values: np.ndarray  # int64 codes in [-2^(bits-1), 2^(bits-1) - 1], the weight's shape
+    scale: np.ndarray  # float32, one per channel
+    zero_point: np.ndarray  # int64, one per channel
+    axis: int
+    bias_values: np.ndarray | None = None  # int32 codes, one per channel
+    bias_scale: np.ndarray | None = None  # float32 = input scale * weight scale, one per channel
+
+
+@dataclass
+class QuantParams:
+    activations: dict[str, ActivationParams] = field(default_factory=dict)
+    weights: dict[str, WeightParams] = field(default_factory=dict)

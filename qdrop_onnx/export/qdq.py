@@ -1,0 +1,161 @@
+"""Write learned quantization into the clean ONNX graph as QuantizeLinear/DequantizeLinear nodes.
+
+Weights become an integer initializer + DequantizeLinear (per output channel); Conv/Gemm biases an int32
+initializer + DequantizeLinear where the plan quantized them; each quantized activation gets
+QuantizeLinear → DequantizeLinear right after it is produced, and every consumer reads the dequantized
+tensor. The result computes exactly what the torch fake-quant simulation computes. Files are written to a
+temporary name and renamed, so an interrupted run never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from qdrop_onnx.errors import QdropError
+from qdrop_onnx.export.encoding import Container, activation_container, int_tensor, weight_container
+from qdrop_onnx.export.params import ActivationParams, QuantParams, WeightParams
+from qdrop_onnx.graph.load import default_opset
+
+INT32 = Container(TensorProto.INT32, 32, 13)
+
+
+class ExportError(QdropError):
+    """The quantized model cannot be written (opset conversion failed, output not writable...)."""
+
+
+def _float(name: str, value: np.ndarray | float) -> TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+
+
+def _weight_nodes(wp: WeightParams, fmt: str) -> tuple[list[TensorProto], list[onnx.NodeProto], str, str | None]:
+    container = weight_container(wp.bits, fmt)
+    prefix = wp.node
+    inits = [int_tensor(f"{prefix}/weight_quantized", wp.values, container),
+             _float(f"{prefix}/weight_scale", wp.scale),
+             int_tensor(f"{prefix}/weight_zero_point", wp.zero_point, container)]
+    nodes = [helper.make_node("DequantizeLinear", [t.name for t in inits], [f"{prefix}/weight_dequantized"],
+                              name=f"{prefix}/weight_DequantizeLinear", axis=wp.axis)]
+    bias_out = None
+    if wp.bias_values is not None:
+        bias_inits = [int_tensor(f"{prefix}/bias_quantized", wp.bias_values, INT32),
+                      _float(f"{prefix}/bias_scale", wp.bias_scale),
+                      int_tensor(f"{prefix}/bias_zero_point", np.zeros_like(wp.bias_values), INT32)]
+        inits += bias_inits
+        bias_out = f"{prefix}/bias_dequantized"
+        nodes.append(helper.make_node("DequantizeLinear", [t.name for t in bias_inits], [bias_out],
+                                      name=f"{prefix}/bias_DequantizeLinear", axis=0))
+    return inits, nodes, f"{prefix}/weight_dequantized", bias_out
+
+
+def _activation_nodes(ap: ActivationParams, fmt: str) -> tuple[list[TensorProto], list[onnx.NodeProto], str]:
+    container = activation_container(ap.bits, fmt)
+    t = ap.tensor
+    scale, zp = f"{t}/scale", f"{t}/zero_point"
+    inits = [_float(scale, ap.scale), int_tensor(zp, np.asarray(ap.zero_point), container)]
+    nodes = [helper.make_node("QuantizeLinear", [t, scale, zp], [f"{t}/quantized"], name=f"{t}/QuantizeLinear"),
+             helper.make_node("DequantizeLinear", [f"{t}/quantized", scale, zp], [f"{t}/dequantized"],
+                              name=f"{t}/DequantizeLinear")]
+    out = f"{t}/dequantized"
+    if ap.bits < container.bits:
+        # Saturate to the b-bit grid inside the 8-bit container; the bounds are exact grid points.
+        lo = np.float32(np.float32(0 - ap.zero_point) * ap.scale)
+        hi = np.float32(np.float32(2**ap.bits - 1 - ap.zero_point) * ap.scale)
+        inits += [_float(f"{t}/clip_min", lo), _float(f"{t}/clip_max", hi)]
+        nodes += [helper.make_node("Clip", [out, f"{t}/clip_min", f"{t}/clip_max"], [f"{t}/clipped"],
+                                   name=f"{t}/Clip"),
+                  helper.make_node("QuantizeLinear", [f"{t}/clipped", scale, zp], [f"{t}/requantized"],
+                                   name=f"{t}/QuantizeLinear_grid"),
+                  helper.make_node("DequantizeLinear", [f"{t}/requantized", scale, zp], [f"{t}/grid_dequantized"],
+                                   name=f"{t}/DequantizeLinear_grid")]
+        out = f"{t}/grid_dequantized"
+    return inits, nodes, out
+
+
+def _required_opset(params: QuantParams, fmt: str) -> int:
+    needs = [weight_container(w.bits, fmt).min_opset for w in params.weights.values()]
+    needs += [activation_container(a.bits, fmt).min_opset for a in params.activations.values()]
+    return max(needs, default=13)
+
+
+def _upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    if default_opset(model) >= opset:
+        return model
+    try:
+        from onnx import version_converter
+
+        upgraded = version_converter.convert_version(model, opset)
+    except Exception as exc:  # the converter raises a variety of errors for ops it cannot adapt
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"this format needs opset {opset}, and converting the model failed: {first}") from None
+    ir = {21: 10, 25: 11}.get(opset, upgraded.ir_version)
+    upgraded.ir_version = max(upgraded.ir_version, ir)
+    return upgraded
+
+
+def build_qdq_model(model: onnx.ModelProto, params: QuantParams, fmt: str = "int8") -> onnx.ModelProto:
+    """The clean model with ``params`` written in as Q/DQ (``fmt``: ``int8`` or ``native``)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out = _upgrade(out, _required_opset(params, fmt))
+    graph = out.graph
+    by_name = {n.name: n for n in graph.node}
+    front: list[onnx.NodeProto] = []  # weight DQs and graph-input Q/DQs
+    after: dict[str, list[onnx.NodeProto]] = {}  # producer node name -> Q/DQ nodes to follow it
+    producer = {o: n.name for n in graph.node for o in n.output}
+
+    for wp in params.weights.values():
+        node = by_name[wp.node]
+        inits, nodes, w_out, b_out = _weight_nodes(wp, fmt)
+        graph.initializer.extend(inits)
+        front += nodes
+        node.input[1] = w_out
+        if b_out is not None:
+            node.input[2] = b_out
+
+    rename: dict[str, str] = {}
+    for ap in params.activations.values():
+        inits, nodes, final = _activation_nodes(ap, fmt)
+        graph.initializer.extend(inits)
+        if ap.tensor in producer:
+            after.setdefault(producer[ap.tensor], []).extend(nodes)
+        else:
+            front += nodes
+        rename[ap.tensor] = final
+
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    ordered = list(front)
+    for node in graph.node:
+        ordered.append(node)
+        ordered += after.get(node.name, [])
+    del graph.node[:]
+    graph.node.extend(ordered)
+    # Drop the float weights that nothing reads any more.
+    used = {name for n in graph.node for name in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    del graph.value_info[:]
+    return out
+
+
+def save_model_atomic(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Write ``model`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -1,0 +1,103 @@
+"""The whole quantization configuration in one dataclass, loadable from TOML or YAML.
+
+Flags given on the command line override the file; the effective configuration is written into the
+report so a run can be reproduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qdrop_onnx.errors import QdropError
+
+METHODS = ("rtn", "adaround", "brecq", "qdrop")
+FORMATS = ("int8", "native")
+ACT_INITS = ("minmax", "percentile", "mse")
+
+
+class ConfigError(QdropError):
+    """An invalid configuration value (bad bit width, unknown method, unreadable --config file)."""
+
+
+@dataclass
+class QuantConfig:
+    """How to quantize a model. Every field has a CLI flag of the same name (dashes for underscores)."""
+
+    w_bits: int = 4
+    a_bits: int = 4
+    method: str = "rtn"
+    format: str = "int8"
+    weight_asymmetric: bool = False
+    first_last_bits: int = 8
+    quantize_first_last: bool = False
+    residual_bits: int = 8
+    exclude: list[str] = field(default_factory=list)
+    act_init: str = "mse"
+    lp_norm: float = 2.4
+    reduce_range: bool = False
+    samples: int = 1024
+    calib_act_samples: int = 256
+    batch_size: int = 32
+    seed: int = 0
+
+    def validate(self) -> QuantConfig:
+        for name in ("w_bits", "a_bits", "first_last_bits", "residual_bits"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 2 <= value <= 8:
+                flag = {"w_bits": "--w", "a_bits": "--a"}.get(name, "--" + name.replace("_", "-"))
+                raise ConfigError(f"{flag} must be an integer bit width from 2 to 8, got {value!r}")
+        for name, allowed in (("method", METHODS), ("format", FORMATS), ("act_init", ACT_INITS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+        for name in ("samples", "calib_act_samples", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
+        if self.lp_norm <= 0:
+            raise ConfigError("--lp-norm must be positive")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> QuantConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+        return cls(**values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a .toml, .yaml/.yml or .json file (keys as in QuantConfig, dashes allowed)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path} must end in .toml, .yaml, .yml or .json")
+    except ConfigError:
+        raise
+    except Exception as exc:  # tomllib/yaml/json each raise their own parse error type
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot parse config file {path}: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of settings")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}

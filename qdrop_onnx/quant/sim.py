@@ -1,0 +1,115 @@
+"""A quantization simulation: the torch rebuild with fake quantizers where the plan says.
+
+``QuantSim`` attaches one :class:`WeightQuantizer` per weighted node, one :class:`ActivationQuantizer`
+per planned tensor and an int32 bias simulation where the plan asks for it; calibrates them (activation
+ranges observed with everything in float, as the reference QDrop code does, then weights by the Lp search);
+and hands the learned values to the exporter as :class:`QuantParams`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from qdrop_onnx.export.params import ActivationParams, QuantParams, WeightParams
+from qdrop_onnx.graph.lower import OnnxGraphModule
+from qdrop_onnx.quant.activation import ActivationQuantizer
+from qdrop_onnx.quant.config import QuantConfig
+from qdrop_onnx.quant.grid import IntGrid, quantize, round_ste
+from qdrop_onnx.quant.placement import QuantPlan
+from qdrop_onnx.quant.weight import WeightQuantizer
+
+INT32 = IntGrid(32, signed=True)
+
+
+class BiasQuantizer(nn.Module):
+    """int32 bias with scale = input activation scale x weight scale (per channel), as runtimes fuse it."""
+
+    def __init__(self, act: ActivationQuantizer, weight: WeightQuantizer) -> None:
+        super().__init__()
+        # Plain references (not submodules): these quantizers are owned elsewhere in the graph.
+        object.__setattr__(self, "act", act)
+        object.__setattr__(self, "weight", weight)
+
+    def scale(self) -> Tensor:
+        return self.act.scale * self.weight.scale.reshape(-1)
+
+    def forward(self, bias: Tensor) -> Tensor:
+        scale = self.scale()
+        return torch.clamp(round_ste(bias / scale), INT32.qmin, INT32.qmax) * scale
+
+
+class QuantSim:
+    """The quantized model: ``sim.graph(x)`` runs it with fake quantization."""
+
+    def __init__(self, graph: OnnxGraphModule, plan: QuantPlan, config: QuantConfig) -> None:
+        self.graph = graph
+        self.plan = plan
+        self.config = config
+        self.acts: dict[str, ActivationQuantizer] = {
+            spec.tensor: ActivationQuantizer(spec.bits, spec.nonnegative, config.act_init, config.lp_norm,
+                                             seed=config.seed + i)
+            for i, spec in enumerate(plan.activations.values())
+        }
+        graph.set_tensor_modules(dict(self.acts))
+        self.weights: dict[str, WeightQuantizer] = {}
+        self.biases: dict[str, BiasQuantizer] = {}
+        for name, spec in plan.weights.items():
+            bits = spec.bits - 1 if (config.reduce_range and spec.bits == 8) else spec.bits
+            self.weights[name] = WeightQuantizer(bits, spec.channel_axis, spec.symmetric, config.lp_norm)
+            if spec.quantize_bias and spec.input in self.acts:
+                self.biases[name] = BiasQuantizer(self.acts[spec.input], self.weights[name])
+        self.set_quantization(weights=True, activations=True)
+
+    # ------------------------------------------------------------------------------------------ state
+    def set_quantization(self, weights: bool, activations: bool) -> None:
+        """Switch weight and activation fake quantization on or off (float when both are off).
+
+        The int32 bias simulation needs both scales, so it is on only when both are.
+        """
+        for name, quantizer in self.weights.items():
+            self.graph.op(name).weight_quantizer = quantizer if weights else None
+        for q in self.acts.values():
+            q.enabled = activations
+        for name, bias in self.biases.items():
+            self.graph.op(name).bias_quantizer = bias if (weights and activations) else None
+
+    # ------------------------------------------------------------------------------------ calibration
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[Tensor]) -> None:
+        """Observe activation ranges in float on ``batches``, then initialise every weight quantizer."""
+        self.set_quantization(weights=False, activations=False)
+        for q in self.acts.values():
+            q.start_observing()
+        for x in batches:
+            self.graph(x)
+        for q in self.acts.values():
+            q.finish_observing()
+        for name, quantizer in self.weights.items():
+            quantizer.init_from(self.graph.op(name).weight)
+        self.set_quantization(weights=True, activations=True)
+
+    # ----------------------------------------------------------------------------------------- export
+    @torch.no_grad()
+    def export_params(self) -> QuantParams:
+        params = QuantParams()
+        for tensor, q in self.acts.items():
+            params.activations[tensor] = ActivationParams(tensor, q.grid.bits, np.float32(q.scale.detach().cpu()),
+                                                          int(q.zero_point))
+        for name, quantizer in self.weights.items():
+            op = self.graph.op(name)
+            spec = self.plan.weights[name]
+            values = quantizer.integers(op.weight).cpu().numpy()
+            entry = WeightParams(name, quantizer.grid.bits, values,
+                                 quantizer.scale.reshape(-1).cpu().numpy().astype(np.float32),
+                                 quantizer.zero_point.reshape(-1).cpu().numpy().astype(np.int64), spec.channel_axis)
+            bias = self.biases.get(name)
+            if bias is not None:
+                scale = bias.scale()
+                entry.bias_scale = scale.cpu().numpy().astype(np.float32)
+                entry.bias_values = quantize(op.bias, scale, torch.zeros(()), INT32).cpu().numpy().astype(np.int32)
+            params.weights[name] = entry
+        return params
