@@ -218,8 +218,6 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
     out = Path(output) if output else default_output(model, config)
     if out.resolve() == Path(model).resolve():
         raise click.UsageError("--output is the input model; choose another path (the input is never overwritten)")
-    if out.is_dir():
-        raise click.UsageError(f"--output {out} is a directory; give a file name")
     if not out.parent.is_dir():
         raise click.UsageError(f"--output folder {out.parent} does not exist")
     result = run_quantize(model, calib, config, out, data=_data_options(preset, mean, std, size, resize),

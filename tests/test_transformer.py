@@ -51,7 +51,10 @@ def encoder_layer(seed: int = 0, opset: int = 17) -> tuple[onnx.ModelProto, dict
         N("Add", ["r1", "f3"], ["y"]),
     ]
     feeds = {"x": rng.randn(3, T, D).astype(np.float32)}
-    return make_model(nodes, feeds, ["y"], consts, opset=opset), feeds
+    model = make_model(nodes, feeds, ["y"], consts, opset=opset)
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    return model, feeds
 
 
 def test_transformer_layer_matches_onnxruntime_unsimplified() -> None:

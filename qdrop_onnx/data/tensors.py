@@ -36,13 +36,19 @@ def _arrays_in(path: Path, spec: InputSpec) -> list[np.ndarray]:
 
 
 class TensorDataset:
-    """Arrays from one file or every .npy/.npz file of a folder (sorted), concatenated on axis 0."""
+    """Arrays from one file or every .npy/.npz file of a folder (sorted), concatenated on axis 0.
 
-    def __init__(self, path: str | Path, spec: InputSpec) -> None:
-        path = Path(path)
-        files = [path] if path.is_file() else sorted(p for p in path.iterdir()
-                                                     if p.suffix.lower() in TENSOR_SUFFIXES)
-        arrays = [a for f in files for a in _arrays_in(f, spec)]
+    ``source`` may also be an in-memory array (batch axis first), e.g. for the Python API.
+    """
+
+    def __init__(self, source: str | Path | np.ndarray, spec: InputSpec) -> None:
+        if isinstance(source, np.ndarray):
+            path, arrays = Path("<array>"), [source]
+        else:
+            path = Path(source)
+            files = [path] if path.is_file() else sorted(p for p in path.iterdir()
+                                                         if p.suffix.lower() in TENSOR_SUFFIXES)
+            arrays = [a for f in files for a in _arrays_in(f, spec)]
         rank = len(spec.dims)
         fixed = [a if a.ndim == rank else a[None] if a.ndim == rank - 1 else None for a in arrays]
         if any(a is None for a in fixed):

@@ -52,6 +52,12 @@ def _weight_nodes(wp: WeightParams, fmt: str) -> tuple[list[TensorProto], list[o
     return inits, nodes, f"{prefix}/weight_dequantized", bias_out
 
 
+def activation_output(ap: ActivationParams, fmt: str) -> str:
+    """The name consumers of ``ap.tensor`` read after export (its dequantized value)."""
+    grid = ap.bits < activation_container(ap.bits, fmt).bits
+    return f"{ap.tensor}/grid_dequantized" if grid else f"{ap.tensor}/dequantized"
+
+
 def _activation_nodes(ap: ActivationParams, fmt: str) -> tuple[list[TensorProto], list[onnx.NodeProto], str]:
     container = activation_container(ap.bits, fmt)
     t = ap.tensor
@@ -73,6 +79,7 @@ def _activation_nodes(ap: ActivationParams, fmt: str) -> tuple[list[TensorProto]
                   helper.make_node("DequantizeLinear", [f"{t}/requantized", scale, zp], [f"{t}/grid_dequantized"],
                                    name=f"{t}/DequantizeLinear_grid")]
         out = f"{t}/grid_dequantized"
+    assert out == activation_output(ap, fmt)
     return inits, nodes, out
 
 

@@ -5,11 +5,11 @@
 - Activations: every tensor that feeds a quantized weighted op gets one quantizer shared by all its
   consumers (8-bit when it feeds the first or last layer); plus the outputs of residual Adds, except where
   the Add only feeds a pointwise activation (then the activation's output is what gets quantized); plus
-  the output of a weighted op that feeds a residual Add. The reference QDrop code leaves that last one in
-  float, but then no runtime can run that conv (or the Add) on integers: ONNX Runtime only fuses
-  DQ -> Conv -> Q, so without it ResNet-20 runs 9 of its 19 convs in float. It uses ``residual_bits``
-  (default 8, as integer accelerators keep the residual path): at 4 bits it costs ResNet-20 1.6 points
-  of RTN W4A4 accuracy.
+  the output of a weighted op (or of the activation right after it) that feeds a residual Add. The
+  reference QDrop code leaves that last one in float, but then no runtime can run that conv (or the Add)
+  on integers: ONNX Runtime only fuses DQ -> Conv -> Q, so without it ResNet-20 runs 9 of its 19 convs in
+  float. It uses ``residual_bits`` (default 8, as integer accelerators keep the residual path): at 4 bits
+  it costs ResNet-20 1.6 points of RTN W4A4 accuracy.
 - Bias of Conv/Gemm becomes int32 (scale = input scale x weight scale) so runtimes can fuse integer kernels.
 - Unsigned grids (zero point 0) for tensors that are provably non-negative.
 """
@@ -133,6 +133,9 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
             continue
         for t in ln.inputs:
             src = producer.get(t)
+            # Look through one pointwise activation: ORT fuses DQ -> Conv -> Relu -> Q as well.
+            if src is not None and src.node.op_type in POINTWISE_ACTIVATIONS and src.inputs:
+                src = producer.get(src.inputs[0])
             if src is not None and src.name in quantized_ops and t not in act_bits and t not in outputs:
                 act_bits[t] = max(config.residual_bits, config.a_bits)
                 reasons[t] = f"output of {src.name} into residual add {ln.name}"

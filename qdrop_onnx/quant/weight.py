@@ -16,35 +16,43 @@ def _per_channel(w: Tensor, axis: int) -> Tensor:
     return w.detach().movedim(axis, 0).reshape(w.shape[axis], -1)
 
 
+# Zero points tried per range width by the asymmetric search; all of them up to 5 bits (the reference
+# code's 100 x 2^bits), evenly spaced beyond, where trying all 128 or 256 buys nothing measurable.
+MAX_ZERO_POINTS = 32
+
+
 def search_weight_range(w2d: Tensor, grid: IntGrid, symmetric: bool, p: float = DEFAULT_P,
                         candidates: int = DEFAULT_CANDIDATES) -> tuple[Tensor, Tensor]:
-    """Per-row (scale, zero_point) minimising sum |w - Q(w)|^p over ``candidates`` clip ratios in (0, 1].
+    """Per-row (scale, zero_point) minimising sum |w - Q(w)|^p.
 
-    Symmetric: scale = r * max|w| / qmax, zero point 0. Asymmetric: the range [min(w, 0), max(w, 0)] shrunk
-    by r, zero point rounded into the grid.
+    Symmetric: scale = r * max|w| / qmax for ``candidates`` ratios r in (0, 1], zero point 0.
+    Asymmetric (2-D search, as the reference QDrop code): for each range width r * (max - min), every zero
+    point of the grid, i.e. every placement of that range.
     """
     w2d = w2d.float()
     lo = w2d.min(dim=1).values.clamp(max=0)
     hi = w2d.max(dim=1).values.clamp(min=0)
-    best_err = torch.full((w2d.shape[0],), float("inf"))
-    best_scale = torch.ones(w2d.shape[0])
-    best_zp = torch.zeros(w2d.shape[0])
+    best_err = torch.full((w2d.shape[0],), float("inf"), device=w2d.device)
+    best_scale = torch.ones(w2d.shape[0], device=w2d.device)
+    best_zp = torch.zeros(w2d.shape[0], device=w2d.device)
+    absmax = torch.maximum(-lo, hi)
+    spread = torch.linspace(grid.qmin, grid.qmax, min(grid.levels, MAX_ZERO_POINTS)).round().tolist()
     for i in range(1, candidates + 1):
         r = i / candidates
         if symmetric:
-            scale = (r * torch.maximum(-lo, hi) / grid.qmax)
-            zp = torch.zeros_like(scale)
+            scale = torch.where(absmax > 0, r * absmax / grid.qmax, torch.ones_like(absmax))
+            zero_points = [torch.zeros_like(scale)]
         else:
-            scale = r * (hi - lo) / (grid.qmax - grid.qmin)
-            zp = torch.zeros_like(scale)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero rows: any scale is exact
-        if not symmetric:
-            zp = torch.clamp(grid.qmin - torch.round(r * lo / scale), grid.qmin, grid.qmax)
-        err = lp_error(fake_quantize(w2d, scale[:, None], zp[:, None], grid), w2d, p, dim=1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better, scale, best_scale)
-        best_zp = torch.where(better, zp, best_zp)
+            # all-zero rows: any scale is exact
+            scale = torch.where(hi > lo, r * (hi - lo) / (grid.qmax - grid.qmin), torch.ones_like(lo))
+            natural = torch.clamp(grid.qmin - torch.round(r * lo / scale), grid.qmin, grid.qmax)  # [r*lo, r*hi]
+            zero_points = [natural] + [torch.full_like(scale, v) for v in spread]
+        for zp in zero_points:
+            err = lp_error(fake_quantize(w2d, scale[:, None], zp[:, None], grid), w2d, p, dim=1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_scale = torch.where(better, scale, best_scale)
+            best_zp = torch.where(better, zp, best_zp)
     return best_scale, best_zp
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from qdrop_onnx.data.source import Dataset, InputSpec
@@ -30,9 +31,30 @@ def providers_for(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+# ONNX Runtime 1.32's QDQ selector fuses sub-byte (INT4/UINT4/INT2/UINT2) Q/DQ pairs into kernels that
+# reject those types ("Type 'tensor(uint2)' ... of operator (QLinearConv) is invalid"). Without it such
+# models run as float DQ -> op, with results identical to ORT_ENABLE_BASIC.
+SUB_BYTE_TYPES = frozenset({onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.INT2,
+                            onnx.TensorProto.UINT2})
+SUB_BYTE_WORKAROUND = ["QDQSelectorActionTransformer"]
+
+
+def has_sub_byte_tensors(model: str | Path | bytes | onnx.ModelProto) -> bool:
+    """Whether any initializer holds a 4- or 2-bit integer type."""
+    if isinstance(model, bytes):
+        model = onnx.load_from_string(model)
+    elif not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    return any(t.data_type in SUB_BYTE_TYPES for t in model.graph.initializer)
+
+
 def make_session(model: str | Path | bytes, *, device: str = "auto", opt_level: str = "all",
                  optimized_model_path: str | Path | None = None) -> ort.InferenceSession:
-    """An InferenceSession with the given optimisation level (``disable|basic|extended|all``)."""
+    """An InferenceSession with the given optimisation level (``disable|basic|extended|all``).
+
+    Models with 4-/2-bit tensors get ``QDQSelectorActionTransformer`` disabled (see SUB_BYTE_WORKAROUND).
+    """
+    disabled = SUB_BYTE_WORKAROUND if opt_level in ("extended", "all") and has_sub_byte_tensors(model) else []
     options = ort.SessionOptions()
     options.graph_optimization_level = OPT_LEVELS[opt_level]
     options.log_severity_level = 3
@@ -40,7 +62,8 @@ def make_session(model: str | Path | bytes, *, device: str = "auto", opt_level: 
         options.optimized_model_filepath = str(optimized_model_path)
     source = model if isinstance(model, bytes) else str(model)
     try:
-        return ort.InferenceSession(source, sess_options=options, providers=providers_for(device))
+        return ort.InferenceSession(source, sess_options=options, providers=providers_for(device),
+                                    disabled_optimizers=disabled)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"ONNX Runtime cannot load the model: {first}") from None
