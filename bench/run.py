@@ -1,5 +1,6 @@
 """``make bench``: run every benchmark on the real models in ../shared/assets.
 
+rtn: the round-to-nearest accuracy table (bench/rtn_table.py), simulated and fused-integer paths.
 rebuild: how long loading + lowering takes, and the torch rebuild's forward time next to ONNX Runtime's
 (same batch, same machine, same run; median of repeats), per model. Reported as a ratio to ORT because the
 machine is shared and noisy. Writes bench/results/rebuild.json.
@@ -67,7 +68,11 @@ def main() -> int:
     meta = {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
             "threads": torch.get_num_threads(), "machine": platform.machine()}
     (RESULTS / "rebuild.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"\nwrote {RESULTS / 'rebuild.json'}")
+    print(f"\nwrote {RESULTS / 'rebuild.json'}\n")
+    from bench import rtn_table
+
+    rtn_table.main()
+    print(f"wrote {RESULTS / 'rtn.json'}")
     return 0
 
 

@@ -172,8 +172,19 @@ def _size_mb(path: str | Path) -> float:
               help="Output file. [default: <model stem>.w{W}a{A}.onnx beside the model]")
 @click.option("--w", "w_bits", type=click.IntRange(2, 8), default=None, help="Weight bits (2-8). [default: 4]")
 @click.option("--a", "a_bits", type=click.IntRange(2, 8), default=None, help="Activation bits (2-8). [default: 4]")
-@click.option("--method", type=click.Choice(["rtn"]), default=None,
-              help="rtn: round-to-nearest after Lp/MSE range search (reconstruction methods: later). [default: rtn]")
+@click.option("--method", type=click.Choice(["rtn", "adaround", "brecq", "qdrop"]), default=None,
+              help="rtn: round-to-nearest after the range search; adaround: learned rounding layer by layer; "
+                   "brecq: block reconstruction of weights; qdrop: block reconstruction with activations "
+                   "quantized and randomly dropped. [default: qdrop]")
+@click.option("--iters", type=click.IntRange(min=1), default=None,
+              help="Reconstruction steps per block (20000 is the paper's budget). [default: 2000]")
+@click.option("--drop-prob", type=click.FloatRange(0, 1), default=None,
+              help="QDrop: probability an activation element stays float during reconstruction; 0 = always "
+                   "quantized. [default: 0.5]")
+@click.option("--reg-weight", type=click.FloatRange(min=0), default=None,
+              help="Rounding regulariser weight. [default: 0.01, or 0.1 for models with depthwise convs]")
+@click.option("--cache-fp16", is_flag=True, default=None,
+              help="Keep cached block inputs/outputs in float16 (half the memory).")
 @click.option("--format", "format", type=click.Choice(["int8", "native"]), default=None,
               help="int8: b-bit grids in 8-bit containers (integer kernels in ORT); native: INT4/INT2 types. "
                    "[default: int8]")
@@ -220,8 +231,12 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
         raise click.UsageError("--output is the input model; choose another path (the input is never overwritten)")
     if not out.parent.is_dir():
         raise click.UsageError(f"--output folder {out.parent} does not exist")
+    def block_done(record: Any) -> None:
+        click.echo(f"  block {record.index + 1:>3} {record.kind:<5} {record.name}: loss {record.loss_before:.4g} -> "
+                   f"{record.loss_after:.4g} ({record.seconds:.1f} s)")
+
     result = run_quantize(model, calib, config, out, data=_data_options(preset, mean, std, size, resize),
-                          device=device)
+                          device=device, on_block=block_done)
     plan = result.plan
     w_hist = Counter(spec.bits for spec in plan.weights.values())
     a_hist = Counter(spec.bits for spec in plan.activations.values())

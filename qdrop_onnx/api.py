@@ -14,11 +14,14 @@ from qdrop_onnx.data import Dataset, input_spec, open_dataset
 from qdrop_onnx.errors import DataError
 from qdrop_onnx.export.params import QuantParams
 from qdrop_onnx.export.qdq import ExportError, build_qdq_model, save_model_atomic
-from qdrop_onnx.graph import load_model, lower
+from qdrop_onnx.graph import load_model, lower, partition
 from qdrop_onnx.graph.lower import OnnxGraphModule
+from qdrop_onnx.graph.ops import Conv
 from qdrop_onnx.quant.config import ConfigError, QuantConfig
 from qdrop_onnx.quant.placement import QuantPlan, plan_quantization
 from qdrop_onnx.quant.sim import QuantSim
+from qdrop_onnx.recon import BlockRecord, ReconConfig, reconstruct
+from qdrop_onnx.recon.run import DoneCallback, StepCallback
 
 
 @dataclass
@@ -45,6 +48,7 @@ class QuantResult:
     seconds: float = 0.0
     calibration_samples: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    blocks: list[BlockRecord] = field(default_factory=list)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -66,18 +70,41 @@ def _calibration_batches(dataset: Dataset, limit: int, batch_size: int, device: 
         yield torch.from_numpy(x).to(device)
 
 
+def has_depthwise_conv(graph: OnnxGraphModule) -> bool:
+    return any(isinstance(op, Conv) and op.groups > 1 and op.groups == op.weight.shape[0]
+               for op in graph.weighted_ops().values())
+
+
+def recon_config(config: QuantConfig, graph: OnnxGraphModule) -> ReconConfig:
+    """The reconstruction settings a method implies (AdaRound/BRECQ: weights only; QDrop: with acts)."""
+    reg = config.reg_weight if config.reg_weight is not None else (0.1 if has_depthwise_conv(graph) else 0.01)
+    qdrop = config.method == "qdrop"
+    return ReconConfig(iters=config.iters, batch_size=config.batch_size, reg_weight=reg,
+                       drop_prob=config.drop_prob if qdrop else 0.0, quantize_activations=qdrop, seed=config.seed)
+
+
+def _reconstruct(sim: QuantSim, graph: OnnxGraphModule, dataset: Dataset, config: QuantConfig,
+                 device: torch.device, progress: StepCallback | None, on_block: DoneCallback | None,
+                 ) -> list[BlockRecord]:
+    blocks = partition(graph, max_weighted=1 if config.method == "adaround" else 8)
+    samples = torch.cat([torch.from_numpy(x) for x, _ in dataset.batches(256, config.samples)])
+    cache_dtype = torch.float16 if config.cache_fp16 else torch.float32
+    return reconstruct(sim, blocks, [samples], recon_config(config, graph), device, cache_dtype, progress, on_block)
+
+
 def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset, config: QuantConfig,
              output: str | Path | None = None, *, data: DataOptions | None = None,
-             device: str = "auto") -> QuantResult:
+             device: str = "auto", progress: StepCallback | None = None,
+             on_block: DoneCallback | None = None) -> QuantResult:
     """Quantize ``model`` on calibration data ``calib`` (folder, .npy/.npz, or a Dataset) per ``config``.
 
     Writes the QDQ model to ``output`` when given (atomically; never over the input model) and returns
-    the model, the learned parameters and the simulation that produced them.
+    the model, the learned parameters, the simulation that produced them and, for the reconstruction
+    methods, one record per block. ``progress(block, step, loss)`` and ``on_block(record)`` report on
+    the reconstruction as it runs.
     """
     start = time.perf_counter()
     config.validate()
-    if config.method != "rtn":
-        raise ConfigError(f"method {config.method!r} is not available yet; use --method rtn")
     same_file = not isinstance(model, onnx.ModelProto) and output is not None \
         and Path(output).resolve() == Path(model).resolve()
     if same_file:
@@ -101,12 +128,19 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset, c
     t = time.perf_counter()
     sim.calibrate(_calibration_batches(dataset, min(config.calib_act_samples, config.samples), config.batch_size, dev))
     timings["calibrate"] = time.perf_counter() - t
+    records: list[BlockRecord] = []
+    if config.method != "rtn":
+        t = time.perf_counter()
+        records = _reconstruct(sim, graph, dataset, config, dev, progress, on_block)
+        timings["reconstruct"] = time.perf_counter() - t
     graph.cpu()
     params = sim.export_params()
     qdq = build_qdq_model(loaded.model, params, config.format)
     used = min(len(dataset), config.samples, config.calib_act_samples)
+    if config.method != "rtn":
+        used = min(len(dataset), config.samples)
     result = QuantResult(qdq, params, plan, config, sim, calibration_samples=used,
-                         timings=timings)
+                         timings=timings, blocks=records)
     if output is not None:
         result.output = save_model_atomic(qdq, output)
     result.seconds = time.perf_counter() - start

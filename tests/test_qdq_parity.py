@@ -74,7 +74,8 @@ def check_all_bit_widths(model: onnx.ModelProto | str, calib: np.ndarray, x: np.
     failures = []
     for w in BITS:
         for a in BITS:
-            config = QuantConfig(w_bits=w, a_bits=a, format=fmt, samples=len(calib), calib_act_samples=len(calib),
+            config = QuantConfig(w_bits=w, a_bits=a, format=fmt, method="rtn", samples=len(calib),
+                                 calib_act_samples=len(calib),
                                  batch_size=len(calib))
             result = quantize(model, TensorDataset(calib, spec), config)
             onnx.checker.check_model(result.model, full_check=True)
@@ -110,3 +111,17 @@ def test_transformer_layer_qdq_matches_torch_at_every_bit_width(fmt: str) -> Non
     calib = rng.randn(32, 6, 16).astype(np.float32)
     x = rng.randn(8, 6, 16).astype(np.float32)
     check_all_bit_widths(model, calib, x, fmt)
+
+
+@needs_assets
+@pytest.mark.parametrize("fmt", ["int8", "native"])
+def test_reconstructed_model_exports_exactly(fmt: str) -> None:
+    """After QDrop (learned rounding, learned step sizes) the file still computes what torch computes."""
+    calib, x = _cifar_arrays()
+    spec = input_spec(load_model(ASSETS / "models/resnet20_cifar10.onnx", simplify=False).model)
+    config = QuantConfig(w_bits=4, a_bits=4, format=fmt, method="qdrop", iters=30, samples=32,
+                         calib_act_samples=32)
+    result = quantize(str(ASSETS / "models/resnet20_cifar10.onnx"), TensorDataset(calib, spec), config)
+    assert len(result.blocks) == 11
+    r = forced_run(result, x, fmt)
+    assert r["rel"] <= 1e-5 and r["mismatch"] <= 1e-4 and r["step"] <= 1

@@ -29,7 +29,8 @@ def run_cli(*args: object) -> subprocess.CompletedProcess:
 
 def quantize_resnet20(tmp_path: Path, *args: object) -> Path:
     out = tmp_path / "r20.onnx"
-    proc = run_cli("quantize", RESNET20, "--calib", ASSETS / "cifar10/calib", "--preset", "cifar10", "-o", out, *args)
+    proc = run_cli("quantize", RESNET20, "--calib", ASSETS / "cifar10/calib", "--preset", "cifar10", "-o", out,
+                   "--method", "rtn", *args)
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -82,19 +83,23 @@ def tiny(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_default_output_name_and_summary(tiny: tuple[Path, Path]) -> None:
     model, imgs = tiny
-    result = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(imgs), "--w", "3", "--a", "4"])
+    result = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(imgs), "--w", "3", "--a", "4",
+                                      "--iters", "20"])
     assert result.exit_code == 0, result.output
     out = model.with_name("net.w3a4.onnx")
     assert out.exists()
     assert f"wrote {out}" in result.output
     assert re.search(r"weights:\s+1 layers at 3 bits, 2 layers at 8 bits", result.output)
+    assert "method qdrop" in result.output  # the default
+    assert len(re.findall(r"^  block +\d+ +(layer|block) .*: loss [\d.e+-]+ -> [\d.e+-]+ \(", result.output,
+                          re.M)) == 3
     assert re.search(r"size:\s+[\d.]+ MB -> [\d.]+ MB", result.output)
 
 
 def test_config_file_with_flags_overriding(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     model, imgs = tiny
     config = tmp_path / "q.json"
-    config.write_text(json.dumps({"w-bits": 2, "a-bits": 2, "format": "native"}))
+    config.write_text(json.dumps({"w-bits": 2, "a-bits": 2, "format": "native", "method": "rtn"}))
     out = tmp_path / "o.onnx"
     result = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(imgs), "--config", str(config),
                                       "--a", "4", "-o", str(out)])

@@ -29,7 +29,7 @@ class QuantConfig:
 
     w_bits: int = 4
     a_bits: int = 4
-    method: str = "rtn"
+    method: str = "qdrop"
     format: str = "int8"
     weight_asymmetric: bool = False
     first_last_bits: int = 8
@@ -43,6 +43,10 @@ class QuantConfig:
     calib_act_samples: int = 256
     batch_size: int = 32
     seed: int = 0
+    iters: int = 2000
+    drop_prob: float = 0.5
+    reg_weight: float | None = None  # None: 0.01, or 0.1 for models with depthwise convs
+    cache_fp16: bool = False
 
     def validate(self) -> QuantConfig:
         for name in ("w_bits", "a_bits", "first_last_bits", "residual_bits"):
@@ -54,7 +58,11 @@ class QuantConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
-        for name in ("samples", "calib_act_samples", "batch_size"):
+        if not 0.0 <= self.drop_prob <= 1.0:
+            raise ConfigError(f"--drop-prob must be between 0 and 1, got {self.drop_prob}")
+        if self.reg_weight is not None and self.reg_weight < 0:
+            raise ConfigError("--reg-weight must not be negative")
+        for name in ("samples", "calib_act_samples", "batch_size", "iters"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
         if self.lp_norm <= 0:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from qdrop_onnx.export.params import ActivationParams, QuantParams, WeightParams
 from qdrop_onnx.graph.lower import OnnxGraphModule
 from qdrop_onnx.quant.activation import ActivationQuantizer
+from qdrop_onnx.quant.adaround import AdaRoundQuantizer
 from qdrop_onnx.quant.config import QuantConfig
 from qdrop_onnx.quant.grid import IntGrid, quantize, round_ste
 from qdrop_onnx.quant.placement import QuantPlan
@@ -76,6 +77,20 @@ class QuantSim:
             q.enabled = activations
         for name, bias in self.biases.items():
             self.graph.op(name).bias_quantizer = bias if (weights and activations) else None
+
+    def use_adaround(self, name: str) -> AdaRoundQuantizer:
+        """Replace the weight quantizer of ``name`` by AdaRound (starting from its scale and zero point)."""
+        current = self.weights[name]
+        if isinstance(current, AdaRoundQuantizer):
+            return current
+        ada = AdaRoundQuantizer(current, self.graph.op(name).weight.detach())
+        self.weights[name] = ada
+        self.graph.op(name).weight_quantizer = ada
+        if name in self.biases:
+            self.biases[name] = BiasQuantizer(self.biases[name].act, ada)
+            if self.graph.op(name).bias_quantizer is not None:
+                self.graph.op(name).bias_quantizer = self.biases[name]
+        return ada
 
     # ------------------------------------------------------------------------------------ calibration
     @torch.no_grad()

@@ -1,0 +1,146 @@
+"""Reconstruct every block in topological order (BRECQ), with QDrop's dropping when asked.
+
+Block k sees two inputs per sample: from the float model (X_fp) and from the model whose blocks 1..k-1
+are already quantized and hardened (X_q). Its target is the float output (computed once). With
+activation quantization on (QDrop), the block input is an element-wise random mix of X_fp and the
+quantized X_q, and every activation quantizer inside the block (including those on its outputs) drops
+to float with probability ``drop_prob``; their step sizes are learned with the rounding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from qdrop_onnx.graph.partition import Block
+from qdrop_onnx.quant.activation import drop_mask
+from qdrop_onnx.quant.sim import QuantSim
+from qdrop_onnx.recon.block import BlockRecord, ReconConfig, reconstruct_block, reconstruction_loss
+from qdrop_onnx.recon.cache import TensorCache, run_batched
+
+EVAL_SAMPLES = 256
+EVAL_BATCH = 64
+
+# Called as progress(block_index, step, loss) during a block and done(record) after it.
+StepCallback = Callable[[int, int, float], None]
+DoneCallback = Callable[[BlockRecord], None]
+
+
+def _block_forward(sim: QuantSim, block: Block, config: ReconConfig) -> Callable[..., list[Tensor]]:
+    """The training forward of ``block``: input mixing, quantized internals, quantized (dropped) outputs."""
+    train = sim.graph.subgraph(block.nodes, block.inputs, block.outputs, transform_inputs=False)
+    in_quant = [sim.acts.get(t) for t in block.inputs]
+    out_quant = [sim.acts.get(t) for t in block.outputs]
+    p = config.drop_prob if config.quantize_activations else 0.0
+
+    def forward(batch_fp: Sequence[Tensor], batch_q: Sequence[Tensor]) -> list[Tensor]:
+        inputs = []
+        for x_fp, x_q, quantizer in zip(batch_fp, batch_q, in_quant, strict=True):
+            if quantizer is not None and config.quantize_activations:
+                x_q = quantizer(x_q)
+                if p > 0:
+                    x_q = torch.where(drop_mask(x_q, p), x_fp, x_q)
+            inputs.append(x_q)
+        outs = train(*inputs)
+        return [q(o) if q is not None else o for o, q in zip(outs, out_quant, strict=True)]
+
+    return forward
+
+
+@torch.no_grad()
+def _eval_loss(forward: Callable[..., list[Tensor]], x_fp: Sequence[Tensor], x_q: Sequence[Tensor],
+               y_fp: Sequence[Tensor], device: torch.device) -> float:
+    count = min(EVAL_SAMPLES, x_fp[0].shape[0])
+    total = 0.0
+    for start in range(0, count, EVAL_BATCH):
+        sl = slice(start, min(start + EVAL_BATCH, count))
+        out = forward([t[sl].to(device) for t in x_fp], [t[sl].to(device) for t in x_q])
+        total += float(reconstruction_loss(out, [t[sl].to(device) for t in y_fp])) * (sl.stop - sl.start)
+    return total / count
+
+
+def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: ReconConfig,
+                     device: torch.device, progress: StepCallback | None) -> BlockRecord:
+    graph = sim.graph
+    qa = config.quantize_activations
+    plain = graph.subgraph(block.nodes, block.inputs, block.outputs, transform_inputs=True)
+    # Block tensors go to the compute device once, not once per step.
+    x_fp = [cache.fp[t].to(device, torch.float32) for t in block.inputs]
+    x_q = [cache.q[t].to(device, torch.float32) for t in block.inputs]
+
+    sim.set_quantization(weights=False, activations=False)
+    y_fp = run_batched(plain, x_fp, EVAL_BATCH, device)
+
+    rounding = [sim.use_adaround(name) for name in block.weighted if name in sim.weights]
+    produced = [t for name in block.nodes for t in graph.node(name).node.outputs if t in sim.acts]
+    learned_acts = [sim.acts[t] for t in produced] if qa else []
+    for q in learned_acts:
+        q.scale.requires_grad_(True)
+    sim.set_quantization(weights=True, activations=qa)
+    forward = _block_forward(sim, block, config)
+    eval_config = ReconConfig(**{**config.__dict__, "drop_prob": 0.0})
+    eval_forward = _block_forward(sim, block, eval_config)
+
+    for q in rounding:
+        q.hard = True
+    loss_before = _eval_loss(eval_forward, x_fp, x_q, y_fp, device)
+    for q in rounding:
+        q.hard = False
+
+    for q in learned_acts:
+        q.drop_prob = config.drop_prob
+    try:
+        step_progress = (lambda step, loss: progress(block.index, step, loss)) if progress else None
+        trace, seconds = reconstruct_block(forward, x_fp, x_q, y_fp, rounding, learned_acts, config, step_progress)
+    finally:
+        for q in learned_acts:
+            q.drop_prob = 0.0
+            q.scale.requires_grad_(False)
+    undecided = sum(q.undecided() * q.alpha.numel() for q in rounding) / max(sum(q.alpha.numel()
+                                                                                  for q in rounding), 1)
+    for q in rounding:
+        q.harden()
+    loss_after = _eval_loss(eval_forward, x_fp, x_q, y_fp, device)
+
+    y_q = run_batched(plain, x_q, EVAL_BATCH, device)
+    for name, fp, q in zip(block.outputs, y_fp, y_q, strict=True):
+        cache.put(name, fp, q)
+    return BlockRecord(block.index, block.name, block.kind, loss_before, loss_after, seconds, config.iters,
+                       undecided, trace)
+
+
+def reconstruct(sim: QuantSim, blocks: list[Block], calibration: Sequence[Tensor], config: ReconConfig,
+                device: torch.device | str = "cpu", cache_dtype: torch.dtype = torch.float32,
+                progress: StepCallback | None = None, done: DoneCallback | None = None) -> list[BlockRecord]:
+    """Reconstruct ``blocks`` in order on ``calibration`` (one tensor per graph input, samples first).
+
+    Activation ranges and weight scales must already be initialised (``QuantSim.calibrate``). Leaves the
+    simulation with every quantizer on and the learned rounding hardened.
+    """
+    device = torch.device(device)
+    graph = sim.graph
+    cache = TensorCache(cache_dtype)
+    for name, x in zip(graph.input_names, calibration, strict=True):
+        cache.put(name, x, x)
+    for acts in sim.acts.values():
+        acts.scale.requires_grad_(False)
+    for op in graph.weighted_ops().values():
+        for param in op.parameters():
+            param.requires_grad_(False)
+    records = []
+    try:
+        for k, block in enumerate(blocks):
+            torch.manual_seed(config.seed + k)
+            start = time.perf_counter()
+            record = _reconstruct_one(sim, block, cache, config, device, progress)
+            record.seconds = time.perf_counter() - start
+            records.append(record)
+            if done is not None:
+                done(record)
+            cache.keep_only({t for later in blocks[k + 1:] for t in later.inputs})
+    finally:
+        sim.set_quantization(weights=True, activations=True)
+    return records

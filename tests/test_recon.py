@@ -1,0 +1,116 @@
+"""AdaRound, QDrop dropping and block reconstruction: the properties the algorithm relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qdrop_onnx.api import quantize
+from qdrop_onnx.data import TensorDataset, input_spec
+from qdrop_onnx.graph import load_model, lower, partition
+from qdrop_onnx.quant import QuantConfig, WeightQuantizer, plan_quantization
+from qdrop_onnx.quant.activation import drop_mask
+from qdrop_onnx.quant.adaround import AdaRoundQuantizer
+from qdrop_onnx.quant.sim import QuantSim
+from qdrop_onnx.recon.block import ReconConfig, beta_at
+from qdrop_onnx.recon.run import _block_forward, reconstruct
+from tests.helpers import small_cnn
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_adaround_starts_from_the_float_weight_and_its_hard_rounding_is_rtn(symmetric: bool) -> None:
+    w = torch.randn(8, 4, 3, 3)
+    rtn = WeightQuantizer(3, channel_axis=0, symmetric=symmetric)
+    rtn.init_from(w)
+    ada = AdaRoundQuantizer(rtn, w)
+    # Soft start: floor + h(V) = W / s, so the soft weight is the float weight (inside the grid's range).
+    inside = (rtn.integers(w) > rtn.grid.qmin) & (rtn.integers(w) < rtn.grid.qmax)
+    assert torch.allclose(ada(w)[inside], w[inside], atol=1e-5)
+    # Hard rounding at the start is round-to-nearest (no exact .5 ties among random weights).
+    ada.hard = True
+    assert torch.equal(ada.integers(w), rtn.integers(w))
+    assert torch.equal(ada(w), rtn(w))
+
+
+def test_hardened_rounding_is_an_integer_grid() -> None:
+    w = torch.randn(6, 5) * 3
+    base = WeightQuantizer(2, channel_axis=0, symmetric=False)
+    base.init_from(w)
+    ada = AdaRoundQuantizer(base, w)
+    with torch.no_grad():
+        ada.alpha.add_(torch.randn_like(ada.alpha) * 5)  # any learned state
+    ada.harden()
+    codes = ada.integers(w)
+    assert codes.min() >= -2 and codes.max() <= 1
+    assert torch.equal(ada(w), (codes - ada.zero_point) * ada.scale)
+    assert not ada.alpha.requires_grad
+
+
+def test_beta_schedule() -> None:
+    config = ReconConfig(iters=100)
+    assert beta_at(0, config) == beta_at(19, config) == 20.0
+    assert beta_at(20, config) == 20.0 and beta_at(99, config) == pytest.approx(2.0 + 18.0 / 80)
+    assert beta_at(60, config) == pytest.approx(11.0)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.25, 0.5, 1.0])
+def test_drop_mask_probability(p: float) -> None:
+    torch.manual_seed(0)
+    mask = drop_mask(torch.empty(200_000), p)
+    assert mask.dtype == torch.bool and abs(mask.float().mean().item() - p) < 0.005
+    if p in (0.0, 1.0):
+        assert bool(mask.all()) == (p == 1.0) and bool(mask.any()) == (p == 1.0)
+
+
+def _sim_and_blocks() -> tuple[QuantSim, list, torch.Tensor]:
+    model, x = small_cnn()
+    graph = lower(load_model(model))
+    config = QuantConfig(w_bits=2, a_bits=2, quantize_first_last=True)
+    sim = QuantSim(graph, plan_quantization(graph, config), config)
+    xs = torch.from_numpy(np.random.RandomState(0).randn(64, 3, 8, 8).astype(np.float32))
+    sim.calibrate([xs])
+    return sim, partition(graph), xs
+
+
+def test_drop_prob_one_makes_the_activation_path_exactly_float() -> None:
+    sim, blocks, xs = _sim_and_blocks()
+    block = blocks[1]  # the residual block: input quantizer, internal and output quantizers
+    produced = [t for n in block.nodes for t in sim.graph.node(n).node.outputs if t in sim.acts]
+    assert produced and block.inputs[0] in sim.acts
+    x_in = sim.graph.subgraph(blocks[0].nodes, blocks[0].inputs, blocks[0].outputs)(xs)[0].detach()
+    x_q = x_in + 0.1 * torch.randn_like(x_in)  # a different "quantized-model" input
+    for q in (sim.acts[t] for t in produced):
+        q.drop_prob = 1.0
+    dropped = _block_forward(sim, block, ReconConfig(drop_prob=1.0))([x_in], [x_q])
+    for q in sim.acts.values():
+        q.drop_prob, q.enabled = 0.0, False
+    plain = sim.graph.subgraph(block.nodes, block.inputs, block.outputs)(x_in)
+    assert all(torch.equal(a, b) for a, b in zip(dropped, plain, strict=True))
+
+
+def test_reconstruction_beats_rtn_on_every_block() -> None:
+    model, _ = small_cnn()
+    spec = input_spec(load_model(model, simplify=False).model)
+    calib = np.random.RandomState(1).randn(128, 3, 8, 8).astype(np.float32)
+    config = QuantConfig(w_bits=2, a_bits=4, quantize_first_last=True, iters=400, samples=128,
+                         calib_act_samples=128)
+    result = quantize(model, TensorDataset(calib, spec), config)
+    assert len(result.blocks) == 3
+    assert all(record.loss_after < record.loss_before for record in result.blocks)
+    assert all(isinstance(q, AdaRoundQuantizer) and q.hard for q in result.sim.weights.values())
+
+
+def test_regulariser_pushes_rounding_to_zero_or_one() -> None:
+    # Adam moves V by about its learning rate per step and V starts anywhere in [-2.4, 2.4]; at the
+    # default 1e-3 deciding every rounding takes >10k steps (with 2000, hardening decides the rest, as in
+    # the reference code). A 10x step and a 100x weight show the regulariser's effect in 3000 steps.
+    sim, blocks, xs = _sim_and_blocks()
+    calib = torch.from_numpy(np.random.RandomState(2).randn(128, 3, 8, 8).astype(np.float32))
+    undecided = {}
+
+    def done(record) -> None:
+        undecided[record.index] = record.undecided
+
+    reconstruct(sim, blocks, [calib], ReconConfig(iters=3000, weight_lr=1e-2, reg_weight=1.0), done=done)
+    assert len(undecided) == 3 and max(undecided.values()) < 0.01
