@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,9 +64,9 @@ def default_output(model_path: str | Path, config: QuantConfig) -> Path:
     return path.with_name(f"{path.stem}.w{config.w_bits}a{config.a_bits}.onnx")
 
 
-def _calibration_batches(dataset: Dataset, limit: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    for x, _ in dataset.batches(batch_size, limit):
-        yield torch.from_numpy(x).to(device)
+def _load_samples(dataset: Dataset, limit: int) -> torch.Tensor:
+    """The first ``limit`` samples as one tensor (decoded once; calibration and reconstruction share it)."""
+    return torch.cat([torch.from_numpy(x) for x, _ in dataset.batches(256, limit)])
 
 
 def has_depthwise_conv(graph: OnnxGraphModule) -> bool:
@@ -83,11 +82,10 @@ def recon_config(config: QuantConfig, graph: OnnxGraphModule) -> ReconConfig:
                        drop_prob=config.drop_prob if qdrop else 0.0, quantize_activations=qdrop, seed=config.seed)
 
 
-def _reconstruct(sim: QuantSim, graph: OnnxGraphModule, dataset: Dataset, config: QuantConfig,
+def _reconstruct(sim: QuantSim, graph: OnnxGraphModule, samples: torch.Tensor, config: QuantConfig,
                  device: torch.device, progress: StepCallback | None, on_block: DoneCallback | None,
                  ) -> list[BlockRecord]:
     blocks = partition(graph, max_weighted=1 if config.method == "adaround" else 8)
-    samples = torch.cat([torch.from_numpy(x) for x, _ in dataset.batches(256, config.samples)])
     cache_dtype = torch.float16 if config.cache_fp16 else torch.float32
     return reconstruct(sim, blocks, [samples], recon_config(config, graph), device, cache_dtype, progress, on_block)
 
@@ -126,19 +124,20 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset, c
     sim = QuantSim(graph, plan, config)
     graph.to(dev)
     t = time.perf_counter()
-    sim.calibrate(_calibration_batches(dataset, min(config.calib_act_samples, config.samples), config.batch_size, dev))
+    reconstructing = config.method != "rtn"
+    act_samples = min(config.calib_act_samples, config.samples)
+    samples = _load_samples(dataset, config.samples if reconstructing else act_samples)
+    sim.calibrate(x.to(dev) for x in samples[:act_samples].split(config.batch_size))
     timings["calibrate"] = time.perf_counter() - t
     records: list[BlockRecord] = []
-    if config.method != "rtn":
+    if reconstructing:
         t = time.perf_counter()
-        records = _reconstruct(sim, graph, dataset, config, dev, progress, on_block)
+        records = _reconstruct(sim, graph, samples, config, dev, progress, on_block)
         timings["reconstruct"] = time.perf_counter() - t
     graph.cpu()
     params = sim.export_params()
     qdq = build_qdq_model(loaded.model, params, config.format)
-    used = min(len(dataset), config.samples, config.calib_act_samples)
-    if config.method != "rtn":
-        used = min(len(dataset), config.samples)
+    used = len(samples)
     result = QuantResult(qdq, params, plan, config, sim, calibration_samples=used,
                          timings=timings, blocks=records)
     if output is not None:

@@ -6,6 +6,12 @@ exception is a bug in the tool and is allowed to show its traceback.
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class QdropError(Exception):
     """Base class of every error meant for the user (one line, no traceback)."""
 

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qdrop_onnx.errors import QdropError
+from qdrop_onnx.errors import QdropError, first_line
 from qdrop_onnx.export.encoding import Container, activation_container, int_tensor, weight_container
 from qdrop_onnx.export.params import ActivationParams, QuantParams, WeightParams
 from qdrop_onnx.graph.load import default_opset
@@ -97,7 +97,7 @@ def _upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 
         upgraded = version_converter.convert_version(model, opset)
     except Exception as exc:  # the converter raises a variety of errors for ops it cannot adapt
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(f"this format needs opset {opset}, and converting the model failed: {first}") from None
     ir = {21: 10, 25: 11}.get(opset, upgraded.ir_version)
     upgraded.ir_version = max(upgraded.ir_version, ir)

@@ -19,7 +19,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from qdrop_onnx.errors import ModelLoadError
+from qdrop_onnx.errors import ModelLoadError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _check(model: onnx.ModelProto, path: Path | None, name: str) -> None:
         else:
             onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelLoadError(f"{name} fails onnx.checker: {first}") from None
 
 
@@ -132,7 +132,7 @@ def _simplify(model: onnx.ModelProto, simplifier: Simplifier | None) -> tuple[on
     try:
         simplified, ok = (simplifier or _onnxsim)(model)
     except Exception as exc:  # onnxsim raises many types (RuntimeError, onnx errors, ValueError...)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         return model, False, f"onnxsim failed ({reason}); using the unsimplified graph"
     if not ok:
         return model, False, "onnxsim could not validate its result; using the unsimplified graph"

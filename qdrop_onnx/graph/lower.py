@@ -94,10 +94,6 @@ class OnnxGraphModule(nn.Module):
         names = [ln.name for ln in self.nodes]
         object.__setattr__(self, "_graph", self.subgraph(names, self.input_names, self.output_names))
 
-    def tensor_module(self, tensor: str) -> nn.Module | None:
-        attr = self._tensor_attr.get(tensor)
-        return self.tensor_ops[attr] if attr is not None else None
-
     def _known_tensors(self) -> set[str]:
         return set(self.input_names) | {t for ln in self.nodes for t in ln.node.outputs if t}
 

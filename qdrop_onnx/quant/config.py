@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qdrop_onnx.errors import QdropError
+from qdrop_onnx.errors import QdropError, first_line
 
 METHODS = ("rtn", "adaround", "brecq", "qdrop")
 FORMATS = ("int8", "native")
@@ -104,7 +104,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except ConfigError:
         raise
     except Exception as exc:  # tomllib/yaml/json each raise their own parse error type
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(f"cannot parse config file {path}: {first}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a table of settings")

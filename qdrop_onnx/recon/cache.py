@@ -36,12 +36,6 @@ class TensorCache:
             for name in [n for n in table if n not in names]:
                 del table[name]
 
-    def nbytes(self) -> int:
-        seen: dict[int, int] = {}
-        for t in list(self.fp.values()) + list(self.q.values()):
-            seen[id(t)] = t.numel() * t.element_size()
-        return sum(seen.values())
-
 
 @torch.no_grad()
 def run_batched(module: Callable[..., Sequence[Tensor]], inputs: Sequence[Tensor], batch_size: int,

@@ -9,6 +9,7 @@ to float with probability ``drop_prob``; their step sizes are learned with the r
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 
@@ -29,20 +30,23 @@ StepCallback = Callable[[int, int, float], None]
 DoneCallback = Callable[[BlockRecord], None]
 
 
-def _block_forward(sim: QuantSim, block: Block, config: ReconConfig) -> Callable[..., list[Tensor]]:
-    """The training forward of ``block``: input mixing, quantized internals, quantized (dropped) outputs."""
+def _block_forward(sim: QuantSim, block: Block, quantize_activations: bool) -> Callable[..., list[Tensor]]:
+    """The forward of ``block`` as reconstruction sees it: ``forward(batch_fp, batch_q, drop_prob)``.
+
+    Input mixing (X_fp vs quantized X_q) with ``drop_prob``, quantized internals, quantized outputs; the
+    dropping inside the block follows each learned quantizer's own ``drop_prob``.
+    """
     train = sim.graph.subgraph(block.nodes, block.inputs, block.outputs, transform_inputs=False)
     in_quant = [sim.acts.get(t) for t in block.inputs]
     out_quant = [sim.acts.get(t) for t in block.outputs]
-    p = config.drop_prob if config.quantize_activations else 0.0
 
-    def forward(batch_fp: Sequence[Tensor], batch_q: Sequence[Tensor]) -> list[Tensor]:
+    def forward(batch_fp: Sequence[Tensor], batch_q: Sequence[Tensor], drop_prob: float = 0.0) -> list[Tensor]:
         inputs = []
         for x_fp, x_q, quantizer in zip(batch_fp, batch_q, in_quant, strict=True):
-            if quantizer is not None and config.quantize_activations:
+            if quantizer is not None and quantize_activations:
                 x_q = quantizer(x_q)
-                if p > 0:
-                    x_q = torch.where(drop_mask(x_q, p), x_fp, x_q)
+                if drop_prob > 0:
+                    x_q = torch.where(drop_mask(x_q, drop_prob), x_fp, x_q)
             inputs.append(x_q)
         outs = train(*inputs)
         return [q(o) if q is not None else o for o, q in zip(outs, out_quant, strict=True)]
@@ -80,9 +84,8 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
     for q in learned_acts:
         q.scale.requires_grad_(True)
     sim.set_quantization(weights=True, activations=qa)
-    forward = _block_forward(sim, block, config)
-    eval_config = ReconConfig(**{**config.__dict__, "drop_prob": 0.0})
-    eval_forward = _block_forward(sim, block, eval_config)
+    eval_forward = _block_forward(sim, block, qa)  # drop_prob 0: what the finished model computes
+    forward = functools.partial(eval_forward, drop_prob=config.drop_prob if qa else 0.0)
 
     for q in rounding:
         q.hard = True

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 
 from qdrop_onnx.data.source import Dataset, InputSpec
-from qdrop_onnx.errors import DataError, ModelLoadError
+from qdrop_onnx.errors import DataError, ModelLoadError, first_line
 
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -65,7 +65,7 @@ def make_session(model: str | Path | bytes, *, device: str = "auto", opt_level: 
         return ort.InferenceSession(source, sess_options=options, providers=providers_for(device),
                                     disabled_optimizers=disabled)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelLoadError(f"ONNX Runtime cannot load the model: {first}") from None
 
 
