@@ -49,8 +49,10 @@ def has_sub_byte_tensors(model: str | Path | bytes | onnx.ModelProto) -> bool:
 
 
 def make_session(model: str | Path | bytes, *, device: str = "auto", opt_level: str = "all",
-                 optimized_model_path: str | Path | None = None) -> ort.InferenceSession:
+                 optimized_model_path: str | Path | None = None, threads: int = 0) -> ort.InferenceSession:
     """An InferenceSession with the given optimisation level (``disable|basic|extended|all``).
+
+    ``threads`` caps ONNX Runtime's intra-op threads (0: its default, one per core).
 
     Models with 4-/2-bit tensors get ``QDQSelectorActionTransformer`` disabled (see SUB_BYTE_WORKAROUND).
     """
@@ -58,6 +60,7 @@ def make_session(model: str | Path | bytes, *, device: str = "auto", opt_level: 
     options = ort.SessionOptions()
     options.graph_optimization_level = OPT_LEVELS[opt_level]
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
     source = model if isinstance(model, bytes) else str(model)
@@ -80,6 +83,14 @@ class ClassificationResult:
     predictions: np.ndarray
 
 
+def run_first_output(session: ort.InferenceSession, x: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The first output of ``session`` on batch ``x``; a model with a fixed batch size gets a padded batch."""
+    if spec.fixed_batch is not None and len(x) < spec.fixed_batch:
+        pad = np.repeat(x[-1:], spec.fixed_batch - len(x), axis=0)
+        return session.run(None, {spec.name: np.concatenate([x, pad])})[0][:len(x)]
+    return session.run(None, {spec.name: x})[0]
+
+
 def evaluate_classification(session: ort.InferenceSession, dataset: Dataset, spec: InputSpec, *,
                             batch_size: int = 64, limit: int | None = None) -> ClassificationResult:
     """Top-1/top-5 of ``session`` on a labeled dataset (the first model output is the logits)."""
@@ -91,11 +102,7 @@ def evaluate_classification(session: ort.InferenceSession, dataset: Dataset, spe
     top1 = top5 = count = 0
     predictions = []
     for x, y in dataset.batches(batch_size, limit):
-        if spec.fixed_batch is not None and len(x) < spec.fixed_batch:
-            pad = np.repeat(x[-1:], spec.fixed_batch - len(x), axis=0)
-            logits = session.run(None, {spec.name: np.concatenate([x, pad])})[0][:len(x)]
-        else:
-            logits = session.run(None, {spec.name: x})[0]
+        logits = run_first_output(session, x, spec)
         logits = logits.reshape(len(x), -1)
         k = min(5, logits.shape[1])
         top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
