@@ -121,3 +121,46 @@ def test_config_files_and_validation(tmp_path) -> None:
     with pytest.raises(ConfigError, match="cannot parse config file"):
         read_config_file(tmp_path / "bad.toml")
     assert TensorProto.INT4  # the native format's types exist in this onnx
+
+
+@pytest.mark.parametrize("dropped", [False, True])
+def test_lsq_fake_quantize_matches_fake_quantize_and_pytorchs_lsq_gradients(dropped: bool) -> None:
+    """The hand-written reconstruction kernel: values of fake_quantize, gradients of PyTorch's LSQ kernel."""
+    from qdrop_onnx.quant.activation import drop_mask, lsq_fake_quantize
+
+    torch.manual_seed(0)
+    grid = IntGrid(4, signed=False)
+    x = (torch.randn(8, 16, 10, 10) * 3).requires_grad_()
+    scale, zp = torch.tensor(0.37, requires_grad=True), torch.tensor(5.0)
+    keep = drop_mask(x, 0.5) if dropped else None
+    out = lsq_fake_quantize(x, scale, zp, grid, keep)
+    upstream = torch.randn_like(out)
+    gx, gs = torch.autograd.grad(out, (x, scale), upstream)
+    ref = torch._fake_quantize_learnable_per_tensor_affine(x, scale.reshape(1), zp.reshape(1), 0, 15, 1.0)
+    exact = fake_quantize(x, scale, zp, grid)
+    if keep is not None:
+        ref, exact = torch.where(keep.bool(), x, ref), torch.where(keep.bool(), x, exact)
+    rx, rs = torch.autograd.grad(ref, (x, scale), upstream)
+    assert torch.equal(out, exact)  # bit-exact: the exported file computes these values
+    assert torch.equal(gx, rx)
+    assert gs.item() == pytest.approx(rs.item(), rel=1e-5)
+    assert keep is None or 0.45 < float(keep.mean()) < 0.55
+
+
+def test_bias_that_would_overflow_int32_raises_the_weight_scale() -> None:
+    """A near-zero channel with a large bias (EfficientNet's depthwise convs have them) must stay exact."""
+    from qdrop_onnx.quant.sim import QuantSim
+
+    model, x = small_cnn()
+    graph = lower(load_model(model))
+    config = QuantConfig(w_bits=8, a_bits=8, quantize_first_last=True)
+    name = next(iter(graph.weighted_ops()))
+    op = graph.op(name)
+    with torch.no_grad():
+        op.weight[0].mul_(1e-9)
+        op.bias[0] = 5.0
+    sim = QuantSim(graph, plan_quantization(graph, config), config)
+    sim.calibrate([torch.from_numpy(x)])
+    params = sim.export_params().weights[name]
+    assert params.bias_values is not None and abs(int(params.bias_values[0])) < 2**31 - 1
+    assert float(params.bias_values[0]) * float(params.bias_scale[0]) == pytest.approx(5.0, rel=1e-6)

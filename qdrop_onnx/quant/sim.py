@@ -19,11 +19,13 @@ from qdrop_onnx.graph.lower import OnnxGraphModule
 from qdrop_onnx.quant.activation import ActivationQuantizer
 from qdrop_onnx.quant.adaround import AdaRoundQuantizer
 from qdrop_onnx.quant.config import QuantConfig
-from qdrop_onnx.quant.grid import IntGrid, quantize, round_ste
+from qdrop_onnx.quant.grid import IntGrid, round_ste
 from qdrop_onnx.quant.placement import QuantPlan
 from qdrop_onnx.quant.weight import WeightQuantizer
 
 INT32 = IntGrid(32, signed=True)
+INT32_MAX_F32 = 2**31 - 128  # the largest float32 below 2^31: clamping at 2^31 - 1 would round up and overflow
+BIAS_HEADROOM = 2.0**30
 
 
 class BiasQuantizer(nn.Module):
@@ -40,7 +42,22 @@ class BiasQuantizer(nn.Module):
 
     def forward(self, bias: Tensor) -> Tensor:
         scale = self.scale()
-        return torch.clamp(round_ste(bias / scale), INT32.qmin, INT32.qmax) * scale
+        return torch.clamp(round_ste(bias / scale), INT32.qmin, INT32_MAX_F32) * scale
+
+    @torch.no_grad()
+    def fit_int32(self, bias: Tensor) -> None:
+        """Raise weight scales of channels whose bias would overflow int32 at act scale x weight scale.
+
+        Happens with near-zero channels (common in depthwise convs: EfficientNet-Lite0 has them): the
+        searched weight scale is tiny, bias / (s_a * s_w) exceeds 2^31 and the saturated bias is wrong.
+        ONNX Runtime's quantizer adjusts the weight scale the same way. 2^30 leaves room for the
+        activation step size to shrink during reconstruction.
+        """
+        weight = self.weight
+        needed = bias.abs() / (self.act.scale * BIAS_HEADROOM)
+        flat = weight.scale.reshape(-1)
+        if bool((needed > flat).any()):
+            weight.scale = torch.maximum(flat, needed).reshape(weight.scale.shape)
 
 
 class QuantSim:
@@ -105,6 +122,8 @@ class QuantSim:
             q.finish_observing()
         for name, quantizer in self.weights.items():
             quantizer.init_from(self.graph.op(name).weight)
+        for name, bias in self.biases.items():
+            bias.fit_int32(self.graph.op(name).bias)
         self.set_quantization(weights=True, activations=True)
 
     # ----------------------------------------------------------------------------------------- export
@@ -125,6 +144,7 @@ class QuantSim:
             if bias is not None:
                 scale = bias.scale()
                 entry.bias_scale = scale.cpu().numpy().astype(np.float32)
-                entry.bias_values = quantize(op.bias, scale, torch.zeros(()), INT32).cpu().numpy().astype(np.int32)
+                codes = torch.clamp(torch.round(op.bias / scale), INT32.qmin, INT32_MAX_F32)
+                entry.bias_values = codes.cpu().numpy().astype(np.int32)
             params.weights[name] = entry
         return params
