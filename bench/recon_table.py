@@ -37,10 +37,17 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--drop-prob", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (reconstruction only; ORT runs on CPU)")
+    parser.add_argument("--assets", type=Path, default=ASSETS, help="the shared assets folder")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and ORT (0: all cores)")
+    parser.add_argument("--results", type=Path, default=ROOT / "results" / "recon.json")
     args = parser.parse_args()
+    assets: Path = args.assets
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = QuantConfig(w_bits=args.w, a_bits=args.a, method=args.method, iters=args.iters,
                          drop_prob=args.drop_prob, weight_asymmetric=True, seed=args.seed)
-    path = ASSETS / "models" / f"{args.model}.onnx"
+    path = assets / "models" / f"{args.model}.onnx"
 
     def done(record) -> None:  # noqa: ANN001 - BlockRecord
         print(f"block {record.index:3d} {record.kind:<5} loss {record.loss_before:9.4g} -> {record.loss_after:9.4g} "
@@ -49,25 +56,27 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "q.onnx"
         start = time.perf_counter()
-        result = quantize(path, ASSETS / "cifar10/calib", config, out, data=DataOptions(preset="cifar10"),
-                          on_block=done)
+        result = quantize(path, assets / "cifar10/calib", config, out, data=DataOptions(preset="cifar10"),
+                          device=args.device, on_block=done)
         seconds = time.perf_counter() - start
         spec = input_spec(load_model(out, simplify=False).model)
-        test = open_dataset(ASSETS / "cifar10/test", spec, preset="cifar10")
-        acc = {lvl: evaluate_classification(make_session(out, device="cpu", opt_level=lvl), test, spec).top1
+        test = open_dataset(assets / "cifar10/test", spec, preset="cifar10")
+        acc = {lvl: evaluate_classification(make_session(out, device="cpu", opt_level=lvl,
+                                                                threads=args.threads), test, spec).top1
                for lvl in ("basic", "all")}
     correct = 0
     with torch.no_grad():
         for x, y in test.batches(250):
             correct += int((result.sim.graph(torch.from_numpy(x)).argmax(1).numpy() == y).sum())
-    row = {"model": args.model, "method": args.method, "w": args.w, "a": args.a, "iters": args.iters,
+    row = {"model": args.model, "device": result.device, "method": args.method, "w": args.w, "a": args.a,
+           "iters": args.iters,
            "drop_prob": args.drop_prob, "seed": args.seed, "ort_simulated": acc["basic"], "ort_fused": acc["all"],
            "torch": 100.0 * correct / len(test), "seconds": round(seconds, 1),
            "reconstruct_seconds": round(result.timings.get("reconstruct", 0.0), 1),
            "blocks": [{"loss_before": b.loss_before, "loss_after": b.loss_after, "seconds": round(b.seconds, 1)}
                       for b in result.blocks]}
     print(json.dumps({k: v for k, v in row.items() if k != "blocks"}))
-    results = ROOT / "results" / "recon.json"
+    results: Path = args.results
     results.parent.mkdir(exist_ok=True)
     rows = json.loads(results.read_text()) if results.exists() else []
     results.write_text(json.dumps(rows + [row], indent=2) + "\n")

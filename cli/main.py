@@ -131,11 +131,18 @@ def inspect(model: str, max_block_weights: int) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N samples.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A float model to compare MODEL with (MODEL may come from any quantizer): prints float vs "
+                   "quantized accuracy (with labels), top-1 agreement, output SQNR and integer-kernel coverage.")
 def eval_cmd(model: str, data: str, preset: str | None, classes: str | None,
              mean: tuple[float, float, float] | None, std: tuple[float, float, float] | None,
              size: tuple[int, int] | None, resize: int | None, batch_size: int, limit: int | None,
-             device: str) -> None:
-    """Top-1 / top-5 accuracy of MODEL in ONNX Runtime on a labeled image folder."""
+             device: str, reference: str | None) -> None:
+    """Top-1 / top-5 accuracy of MODEL in ONNX Runtime on a labeled image folder.
+
+    With --reference FP.onnx: the verification table of MODEL against FP.onnx (any data; accuracy rows
+    need class folders).
+    """
     from qdrop_onnx.data import input_spec, open_dataset
     from qdrop_onnx.graph.load import load_model
     from qdrop_onnx.verify import evaluate_classification, make_session
@@ -144,6 +151,9 @@ def eval_cmd(model: str, data: str, preset: str | None, classes: str | None,
     spec = input_spec(load_model(model, simplify=False).model)
     dataset = open_dataset(data, spec, preset=preset, mean=mean, std=std, size=size, resize=resize,
                            classes=classes)
+    if reference is not None:
+        _compare(reference, model, dataset, spec, data, batch_size, limit, device)
+        return
     session = make_session(model, device=device)
     result = evaluate_classification(session, dataset, spec, batch_size=batch_size, limit=limit)
     click.echo(f"model:  {model}")
@@ -151,6 +161,29 @@ def eval_cmd(model: str, data: str, preset: str | None, classes: str | None,
     click.echo(f"top-1:  {result.top1:.2f} %")
     click.echo(f"top-5:  {result.top5:.2f} %")
     click.echo(f"time:   {result.seconds:.1f} s ({session.get_providers()[0]})")
+
+
+def _compare(reference: str, model: str, dataset: Any, spec: Any, data: str, batch_size: int,
+             limit: int | None, device: str) -> None:
+    from qdrop_onnx.data import input_spec
+    from qdrop_onnx.graph.load import load_model
+    from qdrop_onnx.verify.compare import compare_models
+    from qdrop_onnx.verify.coverage import integer_kernel_coverage
+    from qdrop_onnx.verify.report import verification_rows
+
+    ref_spec = input_spec(load_model(reference, simplify=False).model)
+    if (ref_spec.name, ref_spec.dims[1:]) != (spec.name, spec.dims[1:]):
+        raise click.UsageError(f"--reference takes input {ref_spec.name} {ref_spec.dims}, MODEL takes "
+                               f"{spec.name} {spec.dims}: not the same model")
+    result = compare_models(reference, model, dataset, spec, batch_size=batch_size, limit=limit, device=device)
+    coverage = integer_kernel_coverage(model)
+    click.echo(f"model:      {model} ({_size_mb(model):.2f} MB)")
+    click.echo(f"reference:  {reference} ({_size_mb(reference):.2f} MB)")
+    click.echo(f"data:       {data} ({result.count} samples)")
+    click.echo(f"  {'':<18} {'float':>10} {'quantized':>10}")
+    for metric, ref, q in verification_rows(result.to_dict()):
+        click.echo(f"  {metric:<18} {ref:>10} {q:>10}")
+    click.echo(f"  integer kernels: {coverage.integer} of {coverage.total} weighted ops")
 
 
 def _data_options(preset: str | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
@@ -164,7 +197,106 @@ def _size_mb(path: str | Path) -> float:
     return Path(path).stat().st_size / 2**20
 
 
-@cli.command()
+class GroupedOptionsCommand(click.Command):
+    """A command whose ``--help`` lists its options in titled sections (``SECTIONS``), defaults shown."""
+
+    SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        help_option = self.get_help_option(ctx)
+        records = {"help" if p is help_option else p.name: p.get_help_record(ctx)
+                   for p in self.get_params(ctx) if isinstance(p, click.Option)}
+        placed: set[str] = set()
+        for title, names in self.SECTIONS:
+            rows = [records[n] for n in names if records.get(n)]
+            placed.update(names)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)  # type: ignore[arg-type]
+        rest = [r for n, r in records.items() if r and n not in placed]
+        if rest:
+            with formatter.section("Other options"):
+                formatter.write_dl(rest)  # type: ignore[arg-type]
+
+
+class QuantizeCommand(GroupedOptionsCommand):
+    SECTIONS = (
+        ("Input and output", ("calib", "output", "config_file", "report", "no_report")),
+        ("Quantization", ("w_bits", "a_bits", "method", "format", "weight_asymmetric", "quantize_first_last",
+                          "residual_bits", "exclude", "act_init", "reduce_range")),
+        ("Reconstruction", ("iters", "samples", "batch_size", "drop_prob", "reg_weight", "cache_fp16", "seed",
+                            "device")),
+        ("Calibration images", ("preset", "mean", "std", "size", "resize")),
+        ("Verification", ("eval_data", "classes", "eval_limit")),
+        ("Output on the terminal", ("quiet", "json_out", "help")),
+    )
+
+
+class BlockProgress:
+    """Per-block progress: a tqdm bar (iterations, loss, ETA) on a terminal, a line per finished block.
+
+    Bars only when stderr is a terminal (CI logs stay readable); ``lines=False`` silences the per-block
+    lines too (``--quiet``/``--json``). Lines go to stdout, bars to stderr.
+    """
+
+    def __init__(self, iters: int, lines: bool, bars: bool) -> None:
+        self.iters, self.lines, self.bars = iters, lines, bars
+        self._bar: Any = None
+        self._block = -1
+
+    def step(self, block: int, step: int, loss: float) -> None:
+        if not self.bars:
+            return
+        if block != self._block:
+            self._close()
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.iters, desc=f"block {block + 1}", unit="it", leave=False,
+                             dynamic_ncols=True, file=sys.stderr)
+            self._block = block
+        self._bar.set_postfix_str(f"loss {loss:.4g}", refresh=False)
+        self._bar.update(step - self._bar.n)
+
+    def done(self, record: Any) -> None:
+        self._close()
+        if self.lines:
+            click.echo(f"  block {record.index + 1:>3} {record.kind:<5} {record.name}: loss {record.loss_before:.4g}"
+                       f" -> {record.loss_after:.4g} ({record.seconds:.1f} s)")
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+            self._block = -1
+
+
+def _print_summary(result: Any, model: str, verification: Any, report_files: dict[str, Path] | None) -> None:
+    from qdrop_onnx.verify.report import verification_rows
+
+    config, plan, out = result.config, result.plan, result.output
+    w_hist = Counter(spec.bits for spec in plan.weights.values())
+    a_hist = Counter(spec.bits for spec in plan.activations.values())
+    click.echo(f"wrote {out}")
+    click.echo(f"  method {config.method}, format {config.format}, device {result.device}, {result.seconds:.1f} s, "
+               f"{result.calibration_samples} calibration samples")
+    click.echo("  weights:     " + ", ".join(f"{n} layers at {b} bits" for b, n in sorted(w_hist.items()))
+               + (f", {len(plan.excluded)} kept in float" if plan.excluded else ""))
+    click.echo("  activations: " + ", ".join(f"{n} tensors at {b} bits" for b, n in sorted(a_hist.items())))
+    click.echo(f"  size:        {_size_mb(model):.2f} MB -> {_size_mb(out):.2f} MB")
+    if verification is not None:
+        cmp = verification.comparison
+        click.echo(f"verification in ONNX Runtime on {cmp.count} samples of {verification.data}:")
+        click.echo(f"  {'':<18} {'float':>10} {'quantized':>10}")
+        for metric, ref, q in verification_rows(verification.to_dict()):
+            click.echo(f"  {metric:<18} {ref:>10} {q:>10}")
+        cov = verification.coverage
+        if cov is not None:
+            click.echo(f"  integer kernels: {cov.integer} of {cov.total} weighted ops")
+    if report_files:
+        click.echo("report: " + ", ".join(str(p) for p in report_files.values()))
+
+
+@cli.command(cls=QuantizeCommand)
 @_model_arg
 @click.option("--calib", required=True, type=click.Path(exists=True),
               help="Calibration data: image folder (labels not needed) or .npy/.npz file/folder.")
@@ -203,24 +335,47 @@ def _size_mb(path: str | Path) -> float:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 32]")
 @click.option("--seed", type=int, default=None, help="[default: 0]")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="TOML/YAML/JSON file with any of the settings above; flags override it.")
+              help="TOML/YAML/JSON file with any of the quantization/reconstruction settings (keys as the flag "
+                   "names, e.g. w_bits, drop_prob); flags given override it.")
 @click.option("--preset", type=click.Choice(["cifar10", "imagenet", "tf"]), default=None,
               help="Image preprocessing preset (see `eval --help`).")
 @click.option("--mean", type=float, nargs=3, default=None, help="Per-channel mean, 0-255 pixel units.")
 @click.option("--std", type=float, nargs=3, default=None, help="Per-channel std, 0-255 pixel units.")
 @click.option("--size", type=int, nargs=2, default=None, help="Final image height and width.")
 @click.option("--resize", type=int, default=None, help="Resize the short side to this before center crop.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where reconstruction runs (auto: CUDA when torch sees a GPU).")
+@click.option("--eval", "eval_data", type=click.Path(exists=True), default=None,
+              help="Verify on this data (class folders give FP vs quantized accuracy). [default: calibration "
+                   "samples not used for calibration]")
+@click.option("--classes", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Class names file for --eval (see `eval --help`).")
+@click.option("--eval-limit", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Verify on at most this many samples.")
+@click.option("--report", type=click.Path(dir_okay=False), default=None,
+              help="Report base path: writes PATH.json, PATH.md and PATH.png. [default: <output stem>.report]")
+@click.option("--no-report", is_flag=True, help="Write no report files (the summary still prints).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the final summary.")
+@click.option("--json", "json_out", is_flag=True,
+              help="Print one JSON summary on stdout (nothing else there), for CI pipelines.")
 def quantize(model: str, calib: str, output: str | None, config_file: str | None, preset: str | None,
              mean: tuple[float, float, float] | None, std: tuple[float, float, float] | None,
-             size: tuple[int, int] | None, resize: int | None, device: str, **flags: Any) -> None:
-    """Quantize MODEL to a QDQ ONNX file using unlabeled calibration data.
+             size: tuple[int, int] | None, resize: int | None, device: str, eval_data: str | None,
+             classes: str | None, eval_limit: int, report: str | None, no_report: bool, quiet: bool,
+             json_out: bool, **flags: Any) -> None:
+    """Quantize MODEL to a QDQ ONNX file using unlabeled calibration data, verify it, write a report.
 
-    Every setting can also come from --config FILE (keys as the flag names); flags given override it.
+    \b
+    Prints a line per reconstructed block (a progress bar too on a terminal), then a summary with the
+    float-vs-quantized verification table. Writes OUTPUT, OUTPUT's report (.json, .md, .png) and never
+    touches MODEL. Exit codes: 0 done, 1 failure (one line on stderr), 2 usage error.
     """
-    from qdrop_onnx.api import default_output
+    import json
+
+    from qdrop_onnx.api import build_report, default_output, verify
     from qdrop_onnx.api import quantize as run_quantize
     from qdrop_onnx.quant.config import QuantConfig, read_config_file
+    from qdrop_onnx.verify.report import json_safe, report_paths, write_report
 
     settings = read_config_file(config_file) if config_file else {}
     flags["exclude"] = list(flags["exclude"]) or None
@@ -231,22 +386,31 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
         raise click.UsageError("--output is the input model; choose another path (the input is never overwritten)")
     if not out.parent.is_dir():
         raise click.UsageError(f"--output folder {out.parent} does not exist")
-    def block_done(record: Any) -> None:
-        click.echo(f"  block {record.index + 1:>3} {record.kind:<5} {record.name}: loss {record.loss_before:.4g} -> "
-                   f"{record.loss_after:.4g} ({record.seconds:.1f} s)")
+    report_base = None if no_report else Path(report) if report else out.with_name(out.stem + ".report")
+    if report_base is not None and Path(model).resolve() in {p.resolve() for p in report_paths(report_base).values()}:
+        raise click.UsageError("--report would overwrite the input model")
 
-    result = run_quantize(model, calib, config, out, data=_data_options(preset, mean, std, size, resize),
-                          device=device, on_block=block_done)
-    plan = result.plan
-    w_hist = Counter(spec.bits for spec in plan.weights.values())
-    a_hist = Counter(spec.bits for spec in plan.activations.values())
-    click.echo(f"wrote {out}")
-    click.echo(f"  method {config.method}, format {config.format}, {result.seconds:.1f} s, "
-               f"{result.calibration_samples} calibration samples")
-    click.echo("  weights:     " + ", ".join(f"{n} layers at {b} bits" for b, n in sorted(w_hist.items()))
-               + (f", {len(plan.excluded)} kept in float" if plan.excluded else ""))
-    click.echo("  activations: " + ", ".join(f"{n} tensors at {b} bits" for b, n in sorted(a_hist.items())))
-    click.echo(f"  size:        {_size_mb(model):.2f} MB -> {_size_mb(out):.2f} MB")
+    progress = BlockProgress(config.iters, lines=not (quiet or json_out),
+                             bars=not (quiet or json_out) and sys.stderr.isatty() and sys.stdout.isatty())
+    data = _data_options(preset, mean, std, size, resize)
+    result = run_quantize(model, calib, config, out, data=data, device=device, progress=progress.step,
+                          on_block=progress.done)
+    verification = verify(result, model, eval_data, data=data, classes=classes, limit=eval_limit)
+    files = None
+    if report_base is not None:
+        files = write_report(build_report(result, model, verification), report_base)
+    if json_out:
+        cov = verification.coverage
+        summary = {"output": str(out), "report": {k: str(v) for k, v in files.items()} if files else None,
+                   "method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits,
+                   "format": config.format, "device": result.device, "seconds": round(result.seconds, 3),
+                   "calibration_samples": result.calibration_samples, "blocks": len(result.blocks),
+                   "input_bytes": Path(model).stat().st_size, "output_bytes": out.stat().st_size,
+                   "verification": verification.to_dict(),
+                   "coverage": {"integer": cov.integer, "float": cov.float} if cov else None}
+        click.echo(json.dumps(json_safe(summary), indent=2))
+        return
+    _print_summary(result, model, verification, files)
 
 
 def main() -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
-from qdrop_onnx.data import Dataset, input_spec, open_dataset
+from qdrop_onnx.data import Dataset, InputSpec, dataset_from_reader, input_spec, open_dataset
 from qdrop_onnx.errors import DataError
 from qdrop_onnx.export.params import QuantParams
 from qdrop_onnx.export.qdq import ExportError, build_qdq_model, save_model_atomic
@@ -21,6 +23,9 @@ from qdrop_onnx.quant.placement import QuantPlan, plan_quantization
 from qdrop_onnx.quant.sim import QuantSim
 from qdrop_onnx.recon import BlockRecord, ReconConfig, reconstruct
 from qdrop_onnx.recon.run import DoneCallback, StepCallback
+from qdrop_onnx.verify.compare import Comparison, compare_models, sqnr_db
+from qdrop_onnx.verify.coverage import KernelCoverage, integer_kernel_coverage
+from qdrop_onnx.verify.report import QuantReport
 
 
 @dataclass
@@ -48,6 +53,8 @@ class QuantResult:
     calibration_samples: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     blocks: list[BlockRecord] = field(default_factory=list)
+    device: str = "cpu"
+    calibration_data: Dataset | None = None
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -56,6 +63,18 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def open_calibration(calib: str | Path | Dataset | object, spec: InputSpec,
+                     data: DataOptions | None = None) -> Dataset:
+    """A path (image folder, .npy/.npz), a :class:`Dataset`, or an ORT ``CalibrationDataReader``."""
+    data = data or DataOptions()
+    if isinstance(calib, str | Path):
+        return open_dataset(calib, spec, preset=data.preset, mean=data.mean, std=data.std, size=data.size,
+                            resize=data.resize)
+    if hasattr(calib, "get_next"):  # onnxruntime.quantization.CalibrationDataReader
+        return dataset_from_reader(calib, spec)
+    return calib  # type: ignore[return-value]
 
 
 def default_output(model_path: str | Path, config: QuantConfig) -> Path:
@@ -90,11 +109,14 @@ def _reconstruct(sim: QuantSim, graph: OnnxGraphModule, samples: torch.Tensor, c
     return reconstruct(sim, blocks, [samples], recon_config(config, graph), device, cache_dtype, progress, on_block)
 
 
-def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset, config: QuantConfig,
+def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | object, config: QuantConfig,
              output: str | Path | None = None, *, data: DataOptions | None = None,
              device: str = "auto", progress: StepCallback | None = None,
              on_block: DoneCallback | None = None) -> QuantResult:
-    """Quantize ``model`` on calibration data ``calib`` (folder, .npy/.npz, or a Dataset) per ``config``.
+    """Quantize ``model`` on calibration data ``calib`` per ``config``.
+
+    ``calib``: an image folder, a .npy/.npz file or folder, a :class:`~qdrop_onnx.data.Dataset`, or an
+    ONNX Runtime ``CalibrationDataReader``.
 
     Writes the QDQ model to ``output`` when given (atomically; never over the input model) and returns
     the model, the learned parameters, the simulation that produced them and, for the reconstruction
@@ -112,8 +134,7 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset, c
     graph: OnnxGraphModule = lower(loaded)
     spec = input_spec(loaded.model)
     data = data or DataOptions()
-    dataset = calib if not isinstance(calib, str | Path) else open_dataset(
-        calib, spec, preset=data.preset, mean=data.mean, std=data.std, size=data.size, resize=data.resize)
+    dataset = open_calibration(calib, spec, data)
     if len(dataset) == 0:
         raise DataError("the calibration data holds no samples")
     timings["load"] = time.perf_counter() - start
@@ -139,8 +160,99 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset, c
     qdq = build_qdq_model(loaded.model, params, config.format)
     used = len(samples)
     result = QuantResult(qdq, params, plan, config, sim, calibration_samples=used,
-                         timings=timings, blocks=records)
+                         timings=timings, blocks=records, device=str(dev),
+                         calibration_data=dataset)
     if output is not None:
         result.output = save_model_atomic(qdq, output)
     result.seconds = time.perf_counter() - start
     return result
+
+
+@dataclass
+class Verification:
+    """FP vs quantized in ONNX Runtime (:class:`Comparison`) and where the samples came from."""
+
+    comparison: Comparison
+    data: str
+    held_out: bool
+    coverage: KernelCoverage | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {**self.comparison.to_dict(), "data": self.data, "held_out": self.held_out}
+
+
+def verify(result: QuantResult, reference: str | Path, eval_data: str | Path | None = None, *,
+           data: DataOptions | None = None, classes: str | Path | None = None, limit: int | None = 1000,
+           device: str = "cpu") -> Verification:
+    """Compare the written file with the float ``reference`` model in ONNX Runtime.
+
+    On ``eval_data`` when given (accuracy when it has class folders); otherwise on calibration samples
+    that quantization did not use, or, when it used them all, on those (``held_out`` False). Counts the
+    integer kernels ORT runs too. At most ``limit`` samples (None: all).
+    """
+    if result.output is None:
+        raise ValueError("verify() needs a written model (quantize(..., output=...))")
+    spec = input_spec(result.model)
+    data = data or DataOptions()
+    if eval_data is not None:
+        dataset = open_dataset(eval_data, spec, preset=data.preset, mean=data.mean, std=data.std, size=data.size,
+                               resize=data.resize, classes=classes)
+        source, held_out = str(eval_data), True
+    else:
+        dataset = result.calibration_data
+        if dataset is None:
+            raise ValueError("no data to verify on: pass eval_data")
+        unused = range(result.calibration_samples, len(dataset))
+        held_out = len(unused) > 0 and hasattr(dataset, "subset")
+        if held_out:
+            dataset = dataset.subset(unused)  # type: ignore[attr-defined]
+        source = "calibration data" + (" (samples not used for calibration)" if held_out else "")
+    if limit is not None and len(dataset) > limit and hasattr(dataset, "subset"):
+        # Evenly spaced, not the first N: folders sorted by class would otherwise give one class only.
+        dataset = dataset.subset(np.linspace(0, len(dataset) - 1, limit).round().astype(int).tolist())
+    comparison = compare_models(reference, result.output, dataset, spec, limit=limit, device=device)
+    coverage = integer_kernel_coverage(result.output)
+    return Verification(comparison, source, held_out, coverage)
+
+
+def weight_sqnr(result: QuantResult) -> dict[str, float]:
+    """Per weighted layer: 10 log10(|W|^2 / |W - Q(W)|^2) of the weights as exported."""
+    out = {}
+    with torch.no_grad():
+        for name in result.plan.weights:
+            op = result.sim.graph.op(name)
+            w = op.weight.detach().double()
+            noise = float(((w - op.effective_weight().detach().double()) ** 2).sum())
+            out[name] = sqnr_db(float((w**2).sum()), noise)
+    return out
+
+
+def build_report(result: QuantResult, model: str | Path, verification: Verification | None = None) -> QuantReport:
+    """The report of one quantization run (write it with :func:`qdrop_onnx.verify.report.write_report`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tool_version = version("qdrop-onnx")
+    except PackageNotFoundError:
+        tool_version = "unknown"
+    sqnr = weight_sqnr(result)
+    plan = result.plan
+    layers = [{"node": name, "op_type": spec.op_type, "bits": spec.bits, "symmetric": spec.symmetric,
+               "weight_sqnr_db": sqnr[name]} for name, spec in plan.weights.items()]
+    activations = [{"tensor": t, "bits": spec.bits, "reason": spec.reason} for t, spec in plan.activations.items()]
+    blocks = [{"index": b.index, "name": b.name, "kind": b.kind, "loss_before": b.loss_before,
+               "loss_after": b.loss_after, "seconds": b.seconds, "undecided": b.undecided} for b in result.blocks]
+    out = result.output
+    coverage = None
+    if verification is not None and verification.coverage is not None:
+        cov = verification.coverage
+        coverage = {"integer": cov.integer, "float": cov.float, "fraction": cov.fraction}
+    return QuantReport(
+        tool="qdrop-onnx", version=tool_version,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        input={"path": str(model), "bytes": Path(model).stat().st_size},
+        output={"path": str(out), "bytes": out.stat().st_size if out is not None else 0},
+        config={**asdict(result.config), "device": result.device},
+        seconds=result.seconds, timings=dict(result.timings), calibration_samples=result.calibration_samples,
+        layers=layers, activations=activations, blocks=blocks,
+        verification=verification.to_dict() if verification is not None else None, coverage=coverage)

@@ -63,7 +63,8 @@ def test_resnet20_runs_at_least_90_percent_of_convs_as_integer_kernels(tmp_path:
 def test_quantize_summary_and_files(tmp_path: Path) -> None:
     out = quantize_resnet20(tmp_path, "--w", 4, "--a", 4, "--samples", 64)
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r20.onnx"]  # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r20.onnx", "r20.report.json", "r20.report.md",
+                                                          "r20.report.png"]  # no temporary files left
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from qdrop_onnx.data.images import PRESETS, ImageFolder, Preprocess, resolve_preprocess
 from qdrop_onnx.data.source import Dataset, InputSpec, input_spec, open_dataset
-from qdrop_onnx.data.tensors import TensorDataset
+from qdrop_onnx.data.tensors import TensorDataset, dataset_from_reader
 
-__all__ = ["PRESETS", "Dataset", "ImageFolder", "InputSpec", "Preprocess", "TensorDataset", "input_spec",
-           "open_dataset", "resolve_preprocess"]
+__all__ = ["PRESETS", "Dataset", "ImageFolder", "InputSpec", "Preprocess", "TensorDataset", "dataset_from_reader",
+           "input_spec", "open_dataset", "resolve_preprocess"]

@@ -7,8 +7,9 @@ Normalisation is ``(pixel - mean) / std`` in 0–255 pixel units.
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -166,6 +167,13 @@ class ImageFolder:
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def subset(self, indices: Sequence[int]) -> ImageFolder:
+        """The images at ``indices`` (e.g. those calibration did not use, or an even sample for checks)."""
+        rest = copy.copy(self)
+        rest.files = [self.files[i] for i in indices]
+        rest._labels = None if self._labels is None else self._labels[list(indices)]
+        return rest
 
     @property
     def labels(self) -> np.ndarray | None:

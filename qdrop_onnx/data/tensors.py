@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,12 @@ class TensorDataset:
     def __len__(self) -> int:
         return len(self.data)
 
+    def subset(self, indices: Sequence[int]) -> TensorDataset:
+        """The samples at ``indices`` (e.g. those calibration did not use, or an even sample for checks)."""
+        rest = copy.copy(self)
+        rest.data = self.data[list(indices)]
+        return rest
+
     @property
     def labels(self) -> np.ndarray | None:
         return None
@@ -73,3 +80,19 @@ class TensorDataset:
         count = len(self.data) if limit is None else min(limit, len(self.data))
         for start in range(0, count, batch_size):
             yield self.data[start:min(start + batch_size, count)], None
+
+
+def dataset_from_reader(reader: object, spec: InputSpec) -> TensorDataset:
+    """Drain an ONNX Runtime ``CalibrationDataReader`` (``get_next() -> {input name: array} | None``).
+
+    Each dict is one batch for the model's single input; the batches are concatenated. Lets pipelines
+    that already feed ``onnxruntime.quantization.quantize_static`` reuse their reader unchanged.
+    """
+    arrays = []
+    while (item := reader.get_next()) is not None:  # type: ignore[attr-defined]
+        if spec.name not in item:
+            raise DataError(f"the calibration reader gave inputs {sorted(item)}; the model's input is {spec.name}")
+        arrays.append(np.asarray(item[spec.name]))
+    if not arrays:
+        raise DataError("the calibration reader gave no data")
+    return TensorDataset(np.concatenate([a if a.ndim == len(spec.dims) else a[None] for a in arrays]), spec)
