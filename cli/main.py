@@ -7,7 +7,9 @@ line on stderr starting with ``qdrop-onnx: error:``); 2 usage error (bad flag, m
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,24 @@ from qdrop_onnx.errors import QdropError, UnsupportedModelError
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_SIGINT = 130  # 128 + signal number, as shells report it
+EXIT_SIGTERM = 143
+
+
+class Interrupted(BaseException):
+    """Raised by our SIGINT/SIGTERM handlers; cleanup (temporary files) runs on the way out.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it; our
+    own type rather than KeyboardInterrupt, which click reports with an extra blank line.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
 
 
 def _fail(message: str, code: int) -> None:
@@ -31,13 +51,20 @@ class OneLineErrors(click.Group):
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         try:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, _raise_interrupted)
+                signal.signal(signal.SIGTERM, _raise_interrupted)
             rv = super().main(args, prog_name or "qdrop-onnx", complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
             _fail(exc.format_message(), EXIT_USAGE)
         except click.ClickException as exc:
             _fail(exc.format_message(), EXIT_FAILURE)
+        except Interrupted as exc:
+            what, code = ("terminated (SIGTERM)", EXIT_SIGTERM) if exc.signum == signal.SIGTERM else (
+                "interrupted (SIGINT)", EXIT_SIGINT)
+            _fail(f"{what}: no output file was written; with --checkpoint DIR, add --resume to continue", code)
         except click.Abort:
-            _fail("aborted", 130)
+            _fail("aborted", EXIT_SIGINT)
         except QdropError as exc:
             _fail(str(exc), EXIT_FAILURE)
         if standalone_mode:
@@ -126,7 +153,8 @@ def inspect(model: str, max_block_weights: int) -> None:
               help="File with one class (folder) name per line in model output order, e.g. ImageNet synsets.")
 @click.option("--mean", type=float, nargs=3, default=None, help="Per-channel mean, 0-255 pixel units.")
 @click.option("--std", type=float, nargs=3, default=None, help="Per-channel std, 0-255 pixel units.")
-@click.option("--size", type=int, nargs=2, default=None, help="Final image height and width.")
+@click.option("--size", "--input-shape", "size", type=int, nargs=2, default=None,
+              help="Final image height and width (the input shape for models with dynamic spatial dims).")
 @click.option("--resize", type=int, default=None, help="Resize the short side to this before center crop.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N samples.")
@@ -197,6 +225,17 @@ def _size_mb(path: str | Path) -> float:
     return Path(path).stat().st_size / 2**20
 
 
+def _check_writable(folder: Path) -> None:
+    """Fail before hours of reconstruction, not after, when the output folder cannot be written."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".qdrop-onnx-probe-"):
+            pass
+    except OSError as exc:
+        raise click.ClickException(f"cannot write to the output folder {folder}: {exc.strerror or exc}") from None
+
+
 class GroupedOptionsCommand(click.Command):
     """A command whose ``--help`` lists its options in titled sections (``SECTIONS``), defaults shown."""
 
@@ -225,7 +264,7 @@ class QuantizeCommand(GroupedOptionsCommand):
         ("Quantization", ("w_bits", "a_bits", "method", "format", "weight_asymmetric", "quantize_first_last",
                           "residual_bits", "exclude", "act_init", "reduce_range")),
         ("Reconstruction", ("iters", "samples", "batch_size", "drop_prob", "reg_weight", "cache_fp16", "seed",
-                            "device")),
+                            "device", "checkpoint_dir", "resume")),
         ("Calibration images", ("preset", "mean", "std", "size", "resize")),
         ("Verification", ("eval_data", "classes", "eval_limit")),
         ("Output on the terminal", ("quiet", "json_out", "help")),
@@ -341,7 +380,8 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
               help="Image preprocessing preset (see `eval --help`).")
 @click.option("--mean", type=float, nargs=3, default=None, help="Per-channel mean, 0-255 pixel units.")
 @click.option("--std", type=float, nargs=3, default=None, help="Per-channel std, 0-255 pixel units.")
-@click.option("--size", type=int, nargs=2, default=None, help="Final image height and width.")
+@click.option("--size", "--input-shape", "size", type=int, nargs=2, default=None,
+              help="Final image height and width (the input shape for models with dynamic spatial dims).")
 @click.option("--resize", type=int, default=None, help="Resize the short side to this before center crop.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where reconstruction runs (auto: CUDA when torch sees a GPU).")
@@ -352,6 +392,11 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
               help="Class names file for --eval (see `eval --help`).")
 @click.option("--eval-limit", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Verify on at most this many samples.")
+@click.option("--checkpoint", "checkpoint_dir", type=click.Path(file_okay=False), default=None,
+              help="Save what reconstruction learned to this folder after every block.")
+@click.option("--resume", is_flag=True,
+              help="Continue from the blocks --checkpoint holds (the same run interrupted); the file is the "
+                   "same as an uninterrupted run's.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
               help="Report base path: writes PATH.json, PATH.md and PATH.png. [default: <output stem>.report]")
 @click.option("--no-report", is_flag=True, help="Write no report files (the summary still prints).")
@@ -361,8 +406,8 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
 def quantize(model: str, calib: str, output: str | None, config_file: str | None, preset: str | None,
              mean: tuple[float, float, float] | None, std: tuple[float, float, float] | None,
              size: tuple[int, int] | None, resize: int | None, device: str, eval_data: str | None,
-             classes: str | None, eval_limit: int, report: str | None, no_report: bool, quiet: bool,
-             json_out: bool, **flags: Any) -> None:
+             classes: str | None, eval_limit: int, checkpoint_dir: str | None, resume: bool, report: str | None,
+             no_report: bool, quiet: bool, json_out: bool, **flags: Any) -> None:
     """Quantize MODEL to a QDQ ONNX file using unlabeled calibration data, verify it, write a report.
 
     \b
@@ -372,7 +417,7 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
     """
     import json
 
-    from qdrop_onnx.api import build_report, default_output, verify
+    from qdrop_onnx.api import CheckpointOptions, build_report, default_output, verify
     from qdrop_onnx.api import quantize as run_quantize
     from qdrop_onnx.quant.config import QuantConfig, read_config_file
     from qdrop_onnx.verify.report import json_safe, report_paths, write_report
@@ -386,6 +431,10 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
         raise click.UsageError("--output is the input model; choose another path (the input is never overwritten)")
     if not out.parent.is_dir():
         raise click.UsageError(f"--output folder {out.parent} does not exist")
+    _check_writable(out.parent)
+    if resume and checkpoint_dir is None:
+        raise click.UsageError("--resume needs --checkpoint DIR (the folder of the interrupted run)")
+    checkpoint = CheckpointOptions(checkpoint_dir, resume) if checkpoint_dir else None
     report_base = None if no_report else Path(report) if report else out.with_name(out.stem + ".report")
     if report_base is not None and Path(model).resolve() in {p.resolve() for p in report_paths(report_base).values()}:
         raise click.UsageError("--report would overwrite the input model")
@@ -394,7 +443,7 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
                              bars=not (quiet or json_out) and sys.stderr.isatty() and sys.stdout.isatty())
     data = _data_options(preset, mean, std, size, resize)
     result = run_quantize(model, calib, config, out, data=data, device=device, progress=progress.step,
-                          on_block=progress.done)
+                          on_block=progress.done, checkpoint=checkpoint)
     verification = verify(result, model, eval_data, data=data, classes=classes, limit=eval_limit)
     files = None
     if report_base is not None:

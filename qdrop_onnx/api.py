@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -22,10 +23,20 @@ from qdrop_onnx.quant.config import ConfigError, QuantConfig
 from qdrop_onnx.quant.placement import QuantPlan, plan_quantization
 from qdrop_onnx.quant.sim import QuantSim
 from qdrop_onnx.recon import BlockRecord, ReconConfig, reconstruct
+from qdrop_onnx.recon.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    load_sim_state,
+    run_fingerprint,
+    save_checkpoint,
+    sim_state,
+)
 from qdrop_onnx.recon.run import DoneCallback, StepCallback
 from qdrop_onnx.verify.compare import Comparison, compare_models, sqnr_db
 from qdrop_onnx.verify.coverage import KernelCoverage, integer_kernel_coverage
 from qdrop_onnx.verify.report import QuantReport
+
+log = logging.getLogger("qdrop_onnx")
 
 
 @dataclass
@@ -101,18 +112,41 @@ def recon_config(config: QuantConfig, graph: OnnxGraphModule) -> ReconConfig:
                        drop_prob=config.drop_prob if qdrop else 0.0, quantize_activations=qdrop, seed=config.seed)
 
 
+@dataclass
+class CheckpointOptions:
+    """``directory``: save the learned state there after every block; ``resume``: continue from it."""
+
+    directory: str | Path
+    resume: bool = False
+
+
 def _reconstruct(sim: QuantSim, graph: OnnxGraphModule, samples: torch.Tensor, config: QuantConfig,
                  device: torch.device, progress: StepCallback | None, on_block: DoneCallback | None,
-                 ) -> list[BlockRecord]:
+                 checkpoint: CheckpointOptions | None, fingerprint: str) -> list[BlockRecord]:
     blocks = partition(graph, max_weighted=1 if config.method == "adaround" else 8)
     cache_dtype = torch.float16 if config.cache_fp16 else torch.float32
-    return reconstruct(sim, blocks, [samples], recon_config(config, graph), device, cache_dtype, progress, on_block)
+    finished: list[BlockRecord] = []
+    after_block = None
+    if checkpoint is not None:
+        if checkpoint.resume:
+            saved = load_checkpoint(checkpoint.directory, fingerprint)
+            if saved is None:
+                log.warning("no checkpoint in %s yet; starting from the first block", checkpoint.directory)
+            else:
+                load_sim_state(sim, saved.state)
+                finished = saved.records[:saved.finished]
+
+        def after_block(records: list[BlockRecord]) -> None:
+            save_checkpoint(checkpoint.directory, Checkpoint(fingerprint, len(records), records, sim_state(sim)))
+
+    return reconstruct(sim, blocks, [samples], recon_config(config, graph), device, cache_dtype, progress, on_block,
+                       finished=finished, after_block=after_block)
 
 
 def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | object, config: QuantConfig,
              output: str | Path | None = None, *, data: DataOptions | None = None,
              device: str = "auto", progress: StepCallback | None = None,
-             on_block: DoneCallback | None = None) -> QuantResult:
+             on_block: DoneCallback | None = None, checkpoint: CheckpointOptions | None = None) -> QuantResult:
     """Quantize ``model`` on calibration data ``calib`` per ``config``.
 
     ``calib``: an image folder, a .npy/.npz file or folder, a :class:`~qdrop_onnx.data.Dataset`, or an
@@ -121,7 +155,8 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     Writes the QDQ model to ``output`` when given (atomically; never over the input model) and returns
     the model, the learned parameters, the simulation that produced them and, for the reconstruction
     methods, one record per block. ``progress(block, step, loss)`` and ``on_block(record)`` report on
-    the reconstruction as it runs.
+    the reconstruction as it runs. ``checkpoint`` saves the learned state after every block and, with
+    ``resume``, continues from the blocks a previous identical run finished (same file as without).
     """
     start = time.perf_counter()
     config.validate()
@@ -147,13 +182,21 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     t = time.perf_counter()
     reconstructing = config.method != "rtn"
     act_samples = min(config.calib_act_samples, config.samples)
-    samples = _load_samples(dataset, config.samples if reconstructing else act_samples)
+    wanted = config.samples if reconstructing else act_samples
+    samples = _load_samples(dataset, wanted)
+    if not bool(torch.isfinite(samples).all()):
+        bad = int((~torch.isfinite(samples)).reshape(len(samples), -1).any(1).sum())
+        raise DataError(f"{bad} calibration sample{'s' if bad > 1 else ''} contain NaN or Inf values")
+    if len(samples) < wanted:
+        log.warning("the calibration data has %d readable samples, fewer than the %d asked for (--samples): "
+                    "using %d", len(samples), wanted, len(samples))
     sim.calibrate(x.to(dev) for x in samples[:act_samples].split(config.batch_size))
     timings["calibrate"] = time.perf_counter() - t
     records: list[BlockRecord] = []
     if reconstructing:
         t = time.perf_counter()
-        records = _reconstruct(sim, graph, samples, config, dev, progress, on_block)
+        fingerprint = run_fingerprint(loaded.model.SerializeToString(), asdict(config), samples)
+        records = _reconstruct(sim, graph, samples, config, dev, progress, on_block, checkpoint, fingerprint)
         timings["reconstruct"] = time.perf_counter() - t
     graph.cpu()
     params = sim.export_params()
@@ -210,7 +253,14 @@ def verify(result: QuantResult, reference: str | Path, eval_data: str | Path | N
     if limit is not None and len(dataset) > limit and hasattr(dataset, "subset"):
         # Evenly spaced, not the first N: folders sorted by class would otherwise give one class only.
         dataset = dataset.subset(np.linspace(0, len(dataset) - 1, limit).round().astype(int).tolist())
-    comparison = compare_models(reference, result.output, dataset, spec, limit=limit, device=device)
+    try:
+        comparison = compare_models(reference, result.output, dataset, spec, limit=limit, device=device)
+    except DataError:
+        if not held_out or result.calibration_data is None:
+            raise
+        # The unused samples were all unreadable: fall back to the calibration samples.
+        dataset, source, held_out = result.calibration_data, "calibration data", False
+        comparison = compare_models(reference, result.output, dataset, spec, limit=limit, device=device)
     coverage = integer_kernel_coverage(result.output)
     return Verification(comparison, source, held_out, coverage)
 

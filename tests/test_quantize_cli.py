@@ -139,7 +139,8 @@ def test_calibration_folder_without_a_readable_image(tiny: tuple[Path, Path], tm
     proc = run_cli("quantize", model, "--calib", bad, "-o", tmp_path / "o.onnx")
     assert proc.returncode == 1
     [line] = proc.stderr.strip().splitlines()
-    assert line.startswith(f"qdrop-onnx: error: cannot read image {bad / 'a.jpg'}: cannot identify image file")
+    assert line.startswith(f"qdrop-onnx: error: none of the 1 image files in {bad} could be read (cannot read "
+                           f"image {bad / 'a.jpg'}: cannot identify image file")
     assert not (tmp_path / "o.onnx").exists()
 
 

@@ -69,6 +69,10 @@ def resolve_preprocess(spec: InputSpec, *, preset: str | None = None, mean: tupl
     channels = spec.dims[1] if spec.layout == "NCHW" else spec.dims[3]
     if channels not in (3, None):
         raise DataError(f"model input {spec.name} has {channels} channels; image data is RGB (3 channels)")
+    if None in model_hw and size is None and (preset is None or chosen is None):
+        dims = "x".join("?" if d is None else str(d) for d in spec.dims)
+        raise DataError(f"model input {spec.name} has dynamic height/width ({dims}); pass --input-shape H W "
+                        "(or a --preset) to choose the image size to calibrate at")
     out = replace(base, size=tuple(chosen) if chosen else None, layout=spec.layout)
     if resize is not None:
         out = replace(out, resize=resize)
@@ -89,13 +93,17 @@ def _triple(values: tuple[float, ...], what: str) -> tuple[float, float, float]:
     return (values[0], values[1], values[2])
 
 
+class UnreadableImageError(DataError):
+    """One image file that Pillow cannot decode."""
+
+
 def load_image(path: Path, pre: Preprocess) -> np.ndarray:
     """One image file → float32 array (C,H,W) or (H,W,C) per ``pre.layout``."""
     try:
         with Image.open(path) as img:
             img = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:  # Pillow raises all of these
+        raise UnreadableImageError(f"cannot read image {path}: {exc}") from None
     if pre.size is None:
         raise DataError("image size unknown: the model input has no fixed size; pass --size H W")
     height, width = pre.size
@@ -150,6 +158,7 @@ class ImageFolder:
         if not files:
             raise DataError(f"no images found in {self.root}")
         self.files: list[Path] = files
+        self._unreadable: set[Path] = set()  # shared with subsets: each bad file is reported once
         self.class_names: list[str] | None = None
         self._labels: np.ndarray | None = None
         folders = [p.relative_to(self.root).parts for p in files]
@@ -180,10 +189,33 @@ class ImageFolder:
         return self._labels
 
     def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """Consecutive batches of preprocessed images (and labels) in sorted file order."""
+        """Consecutive batches of preprocessed images (and labels) in sorted file order.
+
+        Files that cannot be decoded (corrupt, truncated, not really images) are skipped with their label;
+        one warning at the end counts them. Only when none is readable is it an error.
+        """
         count = len(self.files) if limit is None else min(limit, len(self.files))
+        skipped: list[str] = []  # new this pass; self._unreadable remembers them across passes and subsets
+        yielded = 0
         for start in range(0, count, batch_size):
             stop = min(start + batch_size, count)
-            x = np.stack([load_image(p, self.preprocess) for p in self.files[start:stop]])
-            y = self._labels[start:stop] if self._labels is not None else None
-            yield x, y
+            arrays, keep = [], []
+            for i in range(start, stop):
+                try:
+                    arrays.append(load_image(self.files[i], self.preprocess))
+                    keep.append(i)
+                except UnreadableImageError as exc:
+                    if self.files[i] not in self._unreadable:
+                        self._unreadable.add(self.files[i])
+                        skipped.append(str(exc))
+            if not arrays:
+                continue
+            y = self._labels[keep] if self._labels is not None else None
+            yielded += len(arrays)
+            yield np.stack(arrays), y
+        if yielded == 0 and count > 0:
+            raise DataError(f"none of the {count} image files in {self.root} could be read "
+                            f"({skipped[0] if skipped else 'see the warning above'})")
+        if skipped:
+            log.warning("skipped %d unreadable image%s (first: %s)", len(skipped), "s" if len(skipped) > 1 else "",
+                        skipped[0])

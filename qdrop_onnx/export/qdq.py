@@ -10,6 +10,7 @@ temporary name and renamed, so an interrupted run never leaves half a file.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -153,16 +154,33 @@ def build_qdq_model(model: onnx.ModelProto, params: QuantParams, fmt: str = "int
     return out
 
 
-def save_model_atomic(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Write ``model`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+PROTOBUF_LIMIT = 2**31 - 1  # protobuf cannot serialise a message of 2 GB or more
+
+
+def save_model_atomic(model: onnx.ModelProto, path: str | Path, external_threshold: int = PROTOBUF_LIMIT) -> Path:
+    """Write ``model`` to ``path`` via temporary files in the same folder and atomic renames.
+
+    A model of ``external_threshold`` bytes or more (default: protobuf's 2 GB limit) is written with its
+    tensors in ``<path>.data`` beside it (ONNX external data); the data file is renamed into place first,
+    so ``path`` never refers to missing data.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp_dir = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        onnx.save(model, str(tmp))
+        tmp_dir.mkdir()
+        tmp = tmp_dir / path.name
+        if model.ByteSize() >= external_threshold:
+            data_name = f"{path.name}.data"
+            external = onnx.ModelProto()
+            external.CopyFrom(model)  # onnx.save rewrites tensors of the model it saves as external references
+            onnx.save(external, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=data_name, size_threshold=0)
+            os.replace(tmp_dir / data_name, path.with_name(data_name))
+        else:
+            onnx.save(model, str(tmp))
         os.replace(tmp, path)
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return path

@@ -102,6 +102,7 @@ def load_model(source: str | Path | onnx.ModelProto, *, simplify: bool = True,
         model = _read(path)
         name = str(path)
     _check(model, path, name)
+    _check_finite(model)
     default_opset(model)
 
     warnings: list[str] = []
@@ -120,6 +121,23 @@ def load_model(source: str | Path | onnx.ModelProto, *, simplify: bool = True,
     _name_nodes(model)
     return LoadedModel(model=model, source=name, simplified=simplified, folded_batchnorms=folded,
                        warnings=warnings)
+
+
+def _check_finite(model: onnx.ModelProto) -> None:
+    """NaN/Inf weights would give NaN scales and a file that computes garbage: refuse them up front."""
+    consumers: dict[str, str] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, node.name or node.op_type)
+    for init in model.graph.initializer:
+        if init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+            continue
+        values = onnx.numpy_helper.to_array(init)
+        if not np.isfinite(values).all():
+            bad = int((~np.isfinite(values)).sum())
+            where = f" (used by node {consumers[init.name]})" if init.name in consumers else ""
+            raise ModelLoadError(f"initializer {init.name}{where} has {bad} NaN/Inf value{'s' if bad > 1 else ''}; "
+                                 "the model's weights must be finite")
 
 
 def _onnxsim(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:

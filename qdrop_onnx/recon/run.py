@@ -73,14 +73,31 @@ def _eval_loss(forward: Callable[..., list[Tensor]], x_fp: Sequence[Tensor], x_q
     return total / count
 
 
+def _block_inputs(cache: TensorCache, block: Block, device: torch.device) -> tuple[list[Tensor], list[Tensor]]:
+    # Block tensors go to the compute device once, not once per step.
+    x_fp = [_channels_last(cache.fp[t].to(device, torch.float32)) for t in block.inputs]
+    x_q = [_channels_last(cache.q[t].to(device, torch.float32)) for t in block.inputs]
+    return x_fp, x_q
+
+
+def _replay_one(sim: QuantSim, block: Block, cache: TensorCache, config: ReconConfig, device: torch.device) -> None:
+    """A finished block's outputs (float and quantized), computed exactly as after its reconstruction."""
+    plain = sim.graph.subgraph(block.nodes, block.inputs, block.outputs, transform_inputs=True)
+    x_fp, x_q = _block_inputs(cache, block, device)
+    sim.set_quantization(weights=False, activations=False)
+    y_fp = run_batched(plain, x_fp, EVAL_BATCH, device)
+    sim.set_quantization(weights=True, activations=config.quantize_activations)
+    y_q = run_batched(plain, x_q, EVAL_BATCH, device)
+    for name, fp, q in zip(block.outputs, y_fp, y_q, strict=True):
+        cache.put(name, fp, q)
+
+
 def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: ReconConfig,
                      device: torch.device, progress: StepCallback | None) -> BlockRecord:
     graph = sim.graph
     qa = config.quantize_activations
     plain = graph.subgraph(block.nodes, block.inputs, block.outputs, transform_inputs=True)
-    # Block tensors go to the compute device once, not once per step.
-    x_fp = [_channels_last(cache.fp[t].to(device, torch.float32)) for t in block.inputs]
-    x_q = [_channels_last(cache.q[t].to(device, torch.float32)) for t in block.inputs]
+    x_fp, x_q = _block_inputs(cache, block, device)
 
     sim.set_quantization(weights=False, activations=False)
     y_fp = run_batched(plain, x_fp, EVAL_BATCH, device)
@@ -124,11 +141,15 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
 
 def reconstruct(sim: QuantSim, blocks: list[Block], calibration: Sequence[Tensor], config: ReconConfig,
                 device: torch.device | str = "cpu", cache_dtype: torch.dtype = torch.float32,
-                progress: StepCallback | None = None, done: DoneCallback | None = None) -> list[BlockRecord]:
+                progress: StepCallback | None = None, done: DoneCallback | None = None,
+                finished: Sequence[BlockRecord] = (),
+                after_block: Callable[[list[BlockRecord]], None] | None = None) -> list[BlockRecord]:
     """Reconstruct ``blocks`` in order on ``calibration`` (one tensor per graph input, samples first).
 
     Activation ranges and weight scales must already be initialised (``QuantSim.calibrate``). Leaves the
-    simulation with every quantizer on and the learned rounding hardened.
+    simulation with every quantizer on and the learned rounding hardened. ``finished``: records of blocks
+    already reconstructed in an earlier run whose learned state is loaded into ``sim`` (resume): they are
+    only replayed to rebuild the cache. ``after_block(records)`` runs after each block (checkpointing).
     """
     device = torch.device(device)
     graph = sim.graph
@@ -140,14 +161,20 @@ def reconstruct(sim: QuantSim, blocks: list[Block], calibration: Sequence[Tensor
     for op in graph.weighted_ops().values():
         for param in op.parameters():
             param.requires_grad_(False)
-    records = []
+    records = list(finished)
     try:
         for k, block in enumerate(blocks):
+            if k < len(finished):
+                _replay_one(sim, block, cache, config, device)
+                cache.keep_only({t for later in blocks[k + 1:] for t in later.inputs})
+                continue
             torch.manual_seed(config.seed + k)
             start = time.perf_counter()
             record = _reconstruct_one(sim, block, cache, config, device, progress)
             record.seconds = time.perf_counter() - start
             records.append(record)
+            if after_block is not None:
+                after_block(records)
             if done is not None:
                 done(record)
             cache.keep_only({t for later in blocks[k + 1:] for t in later.inputs})

@@ -1,0 +1,122 @@
+"""Interruption, resume and determinism: a run killed half-way leaves nothing half-written, resumes to the
+same file, and the same inputs and seed give the same bytes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from qdrop_onnx.api import quantize
+from qdrop_onnx.data import TensorDataset, input_spec
+from qdrop_onnx.quant.config import QuantConfig
+from tests.helpers import small_cnn
+
+CLI = str(Path(sys.executable).parent / "qdrop-onnx")
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> tuple[Path, Path]:
+    model, _ = small_cnn()
+    onnx.save(model, tmp_path / "net.onnx")
+    rng = np.random.RandomState(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(16):
+        Image.fromarray(rng.randint(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    return tmp_path / "net.onnx", tmp_path / "imgs"
+
+
+def test_same_seed_gives_identical_bytes() -> None:
+    model, _ = small_cnn()
+    data = TensorDataset(np.random.RandomState(3).randn(40, 3, 8, 8).astype(np.float32), input_spec(model))
+    config = QuantConfig(w_bits=3, a_bits=3, method="qdrop", iters=40, seed=7)
+    first = quantize(model, data, config).model.SerializeToString()
+    second = quantize(model, data, config).model.SerializeToString()
+    assert first == second
+    other_seed = quantize(model, data, QuantConfig(w_bits=3, a_bits=3, method="qdrop", iters=40, seed=8))
+    assert other_seed.model.SerializeToString() != first  # the seed matters: the test can fail
+
+
+def _start(model: Path, imgs: Path, out: Path, *extra: object) -> subprocess.Popen:
+    args = [CLI, "quantize", model, "--calib", imgs, "--iters", 1500, "--no-report", "-o", out, *extra]
+    return subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint written in time"
+        time.sleep(0.05)
+
+
+def _interrupt(model: Path, imgs: Path, out: Path, ckpt: Path, sig: signal.Signals) -> tuple[int, str, str]:
+    proc = _start(model, imgs, out, "--checkpoint", ckpt)
+    _wait_for(ckpt / "checkpoint.pt", proc)  # the first of 3 blocks is done: mid-reconstruction
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stdout, stderr
+
+
+def test_sigint_writes_nothing_and_resume_gives_the_uninterrupted_file(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    model, imgs = tiny
+    out, ckpt = tmp_path / "out" / "q.onnx", tmp_path / "ckpt"
+    out.parent.mkdir()
+    code, stdout, stderr = _interrupt(model, imgs, out, ckpt, signal.SIGINT)
+    assert code == 130, stderr
+    assert stderr.splitlines() == ["qdrop-onnx: error: interrupted (SIGINT): no output file was written; with "
+                                   "--checkpoint DIR, add --resume to continue"]
+    assert "block   1" in stdout and "block   3" not in stdout
+    assert list(out.parent.iterdir()) == []  # no output, no temporary file
+    assert [p.name for p in ckpt.iterdir()] == ["checkpoint.pt"]
+
+    resumed = subprocess.run(list(map(str, [CLI, "quantize", model, "--calib", imgs, "--iters", 1500, "--no-report",
+                                            "-o", out, "--checkpoint", ckpt, "--resume"])),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "block   1" not in resumed.stdout and "block   3" in resumed.stdout  # block 1 came from the checkpoint
+    reference = tmp_path / "ref.onnx"
+    plain = subprocess.run(list(map(str, [CLI, "quantize", model, "--calib", imgs, "--iters", 1500, "--no-report",
+                                          "-o", reference])), capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_sigterm_exits_143_and_writes_nothing(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    model, imgs = tiny
+    out = tmp_path / "out" / "q.onnx"
+    out.parent.mkdir()
+    code, _, stderr = _interrupt(model, imgs, out, tmp_path / "ckpt", signal.SIGTERM)
+    assert code == 143, stderr
+    assert stderr.splitlines() == ["qdrop-onnx: error: terminated (SIGTERM): no output file was written; with "
+                                   "--checkpoint DIR, add --resume to continue"]
+    assert list(out.parent.iterdir()) == []
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    model, imgs = tiny
+    ckpt = tmp_path / "ckpt"
+    first = subprocess.run(list(map(str, [CLI, "quantize", model, "--calib", imgs, "--iters", 20, "--no-report",
+                                          "-o", tmp_path / "a.onnx", "--checkpoint", ckpt])),
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    other = subprocess.run(list(map(str, [CLI, "quantize", model, "--calib", imgs, "--iters", 30, "--no-report",
+                                          "-o", tmp_path / "b.onnx", "--checkpoint", ckpt, "--resume"])),
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode == 1
+    assert other.stderr.splitlines() == [
+        f"qdrop-onnx: error: checkpoint {ckpt / 'checkpoint.pt'} was made for a different model, settings or "
+        "calibration data; delete it or use another --checkpoint folder"]
+    assert not (tmp_path / "b.onnx").exists()
+    usage = subprocess.run([CLI, "quantize", str(model), "--calib", str(imgs), "--resume"], capture_output=True,
+                           text=True, timeout=60)
+    assert usage.returncode == 2
+    assert usage.stderr.splitlines() == ["qdrop-onnx: error: --resume needs --checkpoint DIR (the folder of the "
+                                         "interrupted run)"]
