@@ -263,8 +263,8 @@ class QuantizeCommand(GroupedOptionsCommand):
         ("Input and output", ("calib", "output", "config_file", "report", "no_report")),
         ("Quantization", ("w_bits", "a_bits", "method", "format", "weight_asymmetric", "quantize_first_last",
                           "residual_bits", "exclude", "act_init", "reduce_range")),
-        ("Reconstruction", ("iters", "samples", "batch_size", "drop_prob", "reg_weight", "cache_fp16", "seed",
-                            "device", "checkpoint_dir", "resume")),
+        ("Reconstruction", ("iters", "samples", "batch_size", "drop_prob", "reg_weight", "cache_fp16",
+                            "max_cache_gb", "seed", "device", "checkpoint_dir", "resume")),
         ("Calibration images", ("preset", "mean", "std", "size", "resize")),
         ("Verification", ("eval_data", "classes", "eval_limit")),
         ("Output on the terminal", ("quiet", "json_out", "help")),
@@ -356,6 +356,9 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
               help="Rounding regulariser weight. [default: 0.01, or 0.1 for models with depthwise convs]")
 @click.option("--cache-fp16", is_flag=True, default=None,
               help="Keep cached block inputs/outputs in float16 (half the memory).")
+@click.option("--max-cache-gb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Memory budget for cached block tensors: past it they are kept in float16, then it stops "
+                   "with an error naming the size. [default: half the machine's memory]")
 @click.option("--format", "format", type=click.Choice(["int8", "native"]), default=None,
               help="int8: b-bit grids in 8-bit containers (integer kernels in ORT); native: INT4/INT2 types. "
                    "[default: int8]")

@@ -23,6 +23,7 @@ from qdrop_onnx.quant.config import ConfigError, QuantConfig
 from qdrop_onnx.quant.placement import QuantPlan, plan_quantization
 from qdrop_onnx.quant.sim import QuantSim
 from qdrop_onnx.recon import BlockRecord, ReconConfig, reconstruct
+from qdrop_onnx.recon.cache import default_cache_bytes
 from qdrop_onnx.recon.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -139,8 +140,9 @@ def _reconstruct(sim: QuantSim, graph: OnnxGraphModule, samples: torch.Tensor, c
         def after_block(records: list[BlockRecord]) -> None:
             save_checkpoint(checkpoint.directory, Checkpoint(fingerprint, len(records), records, sim_state(sim)))
 
+    budget = int(config.max_cache_gb * 1e9) if config.max_cache_gb is not None else default_cache_bytes()
     return reconstruct(sim, blocks, [samples], recon_config(config, graph), device, cache_dtype, progress, on_block,
-                       finished=finished, after_block=after_block)
+                       finished=finished, after_block=after_block, max_cache_bytes=budget)
 
 
 def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | object, config: QuantConfig,

@@ -44,8 +44,12 @@ def test_same_seed_gives_identical_bytes() -> None:
     assert other_seed.model.SerializeToString() != first  # the seed matters: the test can fail
 
 
+def run_quantize(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, "quantize", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
 def _start(model: Path, imgs: Path, out: Path, *extra: object) -> subprocess.Popen:
-    args = [CLI, "quantize", model, "--calib", imgs, "--iters", 1500, "--no-report", "-o", out, *extra]
+    args = [CLI, "quantize", model, "--calib", imgs, "--samples", 16, "--iters", 1500, "--no-report", "-o", out, *extra]
     return subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -77,14 +81,12 @@ def test_sigint_writes_nothing_and_resume_gives_the_uninterrupted_file(tiny: tup
     assert list(out.parent.iterdir()) == []  # no output, no temporary file
     assert [p.name for p in ckpt.iterdir()] == ["checkpoint.pt"]
 
-    resumed = subprocess.run(list(map(str, [CLI, "quantize", model, "--calib", imgs, "--iters", 1500, "--no-report",
-                                            "-o", out, "--checkpoint", ckpt, "--resume"])),
-                             capture_output=True, text=True, timeout=300)
+    resumed = run_quantize(model, "--calib", imgs, "--samples", 16, "--iters", 1500, "--no-report", "-o", out,
+                           "--checkpoint", ckpt, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "block   1" not in resumed.stdout and "block   3" in resumed.stdout  # block 1 came from the checkpoint
     reference = tmp_path / "ref.onnx"
-    plain = subprocess.run(list(map(str, [CLI, "quantize", model, "--calib", imgs, "--iters", 1500, "--no-report",
-                                          "-o", reference])), capture_output=True, text=True, timeout=300)
+    plain = run_quantize(model, "--calib", imgs, "--samples", 16, "--iters", 1500, "--no-report", "-o", reference)
     assert plain.returncode == 0, plain.stderr
     assert out.read_bytes() == reference.read_bytes()
 
@@ -103,13 +105,11 @@ def test_sigterm_exits_143_and_writes_nothing(tiny: tuple[Path, Path], tmp_path:
 def test_resume_refuses_a_checkpoint_of_another_run(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     model, imgs = tiny
     ckpt = tmp_path / "ckpt"
-    first = subprocess.run(list(map(str, [CLI, "quantize", model, "--calib", imgs, "--iters", 20, "--no-report",
-                                          "-o", tmp_path / "a.onnx", "--checkpoint", ckpt])),
-                           capture_output=True, text=True, timeout=300)
+    first = run_quantize(model, "--calib", imgs, "--samples", 16, "--iters", 20, "--no-report",
+                         "-o", tmp_path / "a.onnx", "--checkpoint", ckpt)
     assert first.returncode == 0, first.stderr
-    other = subprocess.run(list(map(str, [CLI, "quantize", model, "--calib", imgs, "--iters", 30, "--no-report",
-                                          "-o", tmp_path / "b.onnx", "--checkpoint", ckpt, "--resume"])),
-                           capture_output=True, text=True, timeout=300)
+    other = run_quantize(model, "--calib", imgs, "--samples", 16, "--iters", 30, "--no-report",
+                         "-o", tmp_path / "b.onnx", "--checkpoint", ckpt, "--resume")
     assert other.returncode == 1
     assert other.stderr.splitlines() == [
         f"qdrop-onnx: error: checkpoint {ckpt / 'checkpoint.pt'} was made for a different model, settings or "

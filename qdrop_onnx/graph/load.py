@@ -92,6 +92,24 @@ def load_model(source: str | Path | onnx.ModelProto, *, simplify: bool = True,
     Raises:
         ModelLoadError: the file is missing, not ONNX, truncated, or fails ``onnx.checker``.
     """
+    try:
+        return _load_model(source, simplify, simplifier)
+    except UnicodeDecodeError:  # protobuf decodes string fields lazily: a corrupt name fails on first access
+        raise ModelLoadError(f"{_display(source)} is not a valid ONNX model (a name or string field is not valid "
+                             "UTF-8)") from None
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        # onnx.checker does not check everything (e.g. tensor data vs dims, unknown enum values); what it lets
+        # through fails in onnx/numpy helpers with these types (found by tests/test_fuzz.py).
+        raise ModelLoadError(f"{_display(source)} is not a valid ONNX model ({type(exc).__name__}: "
+                             f"{first_line(exc)})") from None
+
+
+def _display(source: str | Path | onnx.ModelProto) -> str:
+    return "the model" if isinstance(source, onnx.ModelProto) else str(source)
+
+
+def _load_model(source: str | Path | onnx.ModelProto, simplify: bool,
+                simplifier: Simplifier | None) -> LoadedModel:
     path: Path | None = None
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()

@@ -22,7 +22,7 @@ import torch.fx as fx
 from onnx import numpy_helper
 from torch import Tensor, nn
 
-from qdrop_onnx.errors import UnsupportedModelError
+from qdrop_onnx.errors import ModelLoadError, UnsupportedModelError, first_line
 from qdrop_onnx.graph.load import LoadedModel, default_opset
 from qdrop_onnx.graph.ops import REGISTRY, LoweringContext, OnnxNode, Unsupported, WeightedOp
 
@@ -194,6 +194,9 @@ def lower(model: LoadedModel | onnx.ModelProto) -> OnnxGraphModule:
         except Unsupported as exc:
             unsupported[exc.key] += 1
             continue
+        except (ValueError, TypeError, KeyError, IndexError) as exc:  # malformed attributes (tests/test_fuzz.py)
+            raise ModelLoadError(f"node {node.name or node.op_type} ({node.op_type}) has attributes or inputs that "
+                                 f"do not fit the op: {type(exc).__name__}: {first_line(exc)}") from None
         if not isinstance(lowered.module, WeightedOp) and all(t in constants for t in lowered.inputs):
             _fold(lowered.module, lowered.inputs, constants, node.outputs, lowered.multi_output)
             continue

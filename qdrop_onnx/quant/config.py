@@ -47,6 +47,7 @@ class QuantConfig:
     drop_prob: float = 0.5
     reg_weight: float | None = None  # None: 0.01, or 0.1 for models with depthwise convs
     cache_fp16: bool = False
+    max_cache_gb: float | None = None  # None: half of the machine's physical memory
 
     def validate(self) -> QuantConfig:
         for name in ("w_bits", "a_bits", "first_last_bits", "residual_bits"):
@@ -65,6 +66,8 @@ class QuantConfig:
         for name in ("samples", "calib_act_samples", "batch_size", "iters"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
+        if self.max_cache_gb is not None and self.max_cache_gb <= 0:
+            raise ConfigError("--max-cache-gb must be positive")
         if self.lp_norm <= 0:
             raise ConfigError("--lp-norm must be positive")
         return self

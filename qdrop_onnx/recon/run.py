@@ -142,7 +142,7 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
 def reconstruct(sim: QuantSim, blocks: list[Block], calibration: Sequence[Tensor], config: ReconConfig,
                 device: torch.device | str = "cpu", cache_dtype: torch.dtype = torch.float32,
                 progress: StepCallback | None = None, done: DoneCallback | None = None,
-                finished: Sequence[BlockRecord] = (),
+                finished: Sequence[BlockRecord] = (), max_cache_bytes: int | None = None,
                 after_block: Callable[[list[BlockRecord]], None] | None = None) -> list[BlockRecord]:
     """Reconstruct ``blocks`` in order on ``calibration`` (one tensor per graph input, samples first).
 
@@ -150,10 +150,11 @@ def reconstruct(sim: QuantSim, blocks: list[Block], calibration: Sequence[Tensor
     simulation with every quantizer on and the learned rounding hardened. ``finished``: records of blocks
     already reconstructed in an earlier run whose learned state is loaded into ``sim`` (resume): they are
     only replayed to rebuild the cache. ``after_block(records)`` runs after each block (checkpointing).
+    ``max_cache_bytes`` bounds the cached block tensors (float16 past it, then an error).
     """
     device = torch.device(device)
     graph = sim.graph
-    cache = TensorCache(cache_dtype)
+    cache = TensorCache(cache_dtype, max_bytes=max_cache_bytes)
     for name, x in zip(graph.input_names, calibration, strict=True):
         cache.put(name, x, x)
     for acts in sim.acts.values():
