@@ -1,6 +1,7 @@
 """``make bench``: run every benchmark on the real models in ../shared/assets.
 
 rtn: the round-to-nearest accuracy table (bench/rtn_table.py), simulated and fused-integer paths.
+ort_static: ONNX Runtime's quantize_static on resnet20 (bench/ort_static.py), the baseline to beat.
 rebuild: how long loading + lowering takes, and the torch rebuild's forward time next to ONNX Runtime's
 (same batch, same machine, same run; median of repeats), per model. Reported as a ratio to ORT because the
 machine is shared and noisy. Writes bench/results/rebuild.json.
@@ -73,6 +74,12 @@ def main() -> int:
 
     rtn_table.main()
     print(f"wrote {RESULTS / 'rtn.json'}")
+
+    from bench import ort_static
+
+    sys.argv = [sys.argv[0]]  # ort_static parses its own (default) arguments
+    ort_static.main()
+    print(f"wrote {RESULTS / 'ort_static.json'}")
     return 0
 
 
