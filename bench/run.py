@@ -80,6 +80,10 @@ def main() -> int:
     sys.argv = [sys.argv[0]]  # ort_static parses its own (default) arguments
     ort_static.main()
     print(f"wrote {RESULTS / 'ort_static.json'}")
+
+    from bench import summary
+
+    summary.main()  # SUMMARY.md + summary.png from every results JSON present
     return 0
 
 
