@@ -191,13 +191,23 @@ def eval_cmd(model: str, data: str, preset: str | None, classes: str | None,
     click.echo(f"time:   {result.seconds:.1f} s ({session.get_providers()[0]})")
 
 
+def _echo_verification_table(verification: dict[str, Any], coverage: Any) -> None:
+    """The float-vs-quantized table that `quantize` and `eval --reference` both print."""
+    from qdrop_onnx.verify.report import verification_rows
+
+    click.echo(f"  {'':<18} {'float':>10} {'quantized':>10}")
+    for metric, ref, q in verification_rows(verification):
+        click.echo(f"  {metric:<18} {ref:>10} {q:>10}")
+    if coverage is not None:
+        click.echo(f"  integer kernels: {coverage.integer} of {coverage.total} weighted ops")
+
+
 def _compare(reference: str, model: str, dataset: Any, spec: Any, data: str, batch_size: int,
              limit: int | None, device: str) -> None:
     from qdrop_onnx.data import input_spec
     from qdrop_onnx.graph.load import load_model
     from qdrop_onnx.verify.compare import compare_models
     from qdrop_onnx.verify.coverage import integer_kernel_coverage
-    from qdrop_onnx.verify.report import verification_rows
 
     ref_spec = input_spec(load_model(reference, simplify=False).model)
     if (ref_spec.name, ref_spec.dims[1:]) != (spec.name, spec.dims[1:]):
@@ -208,10 +218,7 @@ def _compare(reference: str, model: str, dataset: Any, spec: Any, data: str, bat
     click.echo(f"model:      {model} ({_size_mb(model):.2f} MB)")
     click.echo(f"reference:  {reference} ({_size_mb(reference):.2f} MB)")
     click.echo(f"data:       {data} ({result.count} samples)")
-    click.echo(f"  {'':<18} {'float':>10} {'quantized':>10}")
-    for metric, ref, q in verification_rows(result.to_dict()):
-        click.echo(f"  {metric:<18} {ref:>10} {q:>10}")
-    click.echo(f"  integer kernels: {coverage.integer} of {coverage.total} weighted ops")
+    _echo_verification_table(result.to_dict(), coverage)
 
 
 def _data_options(preset: str | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
@@ -310,7 +317,6 @@ class BlockProgress:
 
 
 def _print_summary(result: Any, model: str, verification: Any, report_files: dict[str, Path] | None) -> None:
-    from qdrop_onnx.verify.report import verification_rows
 
     config, plan, out = result.config, result.plan, result.output
     w_hist = Counter(spec.bits for spec in plan.weights.values())
@@ -325,12 +331,7 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
     if verification is not None:
         cmp = verification.comparison
         click.echo(f"verification in ONNX Runtime on {cmp.count} samples of {verification.data}:")
-        click.echo(f"  {'':<18} {'float':>10} {'quantized':>10}")
-        for metric, ref, q in verification_rows(verification.to_dict()):
-            click.echo(f"  {metric:<18} {ref:>10} {q:>10}")
-        cov = verification.coverage
-        if cov is not None:
-            click.echo(f"  integer kernels: {cov.integer} of {cov.total} weighted ops")
+        _echo_verification_table(verification.to_dict(), verification.coverage)
     if report_files:
         click.echo("report: " + ", ".join(str(p) for p in report_files.values()))
 

@@ -100,3 +100,18 @@ def small_cnn(seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray]:
     dim.Clear()
     dim.dim_param = "N"
     return model, x
+
+
+def small_cnn_and_images(folder: Path, count: int, classes: int = 0) -> tuple[Path, Path]:
+    """``folder/net.onnx`` (the small CNN) and ``count`` random 8x8 PNGs in ``folder/imgs`` (seed 0),
+    spread over ``classes`` class folders ``c0, c1, ...`` when ``classes`` > 0."""
+    from PIL import Image
+
+    model, _ = small_cnn()
+    onnx.save(model, folder / "net.onnx")
+    rng = np.random.RandomState(0)
+    for i in range(count):
+        target = folder / "imgs" / f"c{i % classes}" if classes else folder / "imgs"
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.randint(0, 256, (8, 8, 3), dtype=np.uint8)).save(target / f"{i}.png")
+    return folder / "net.onnx", folder / "imgs"

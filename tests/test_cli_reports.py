@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
 from onnxruntime.quantization import CalibrationDataReader
@@ -19,7 +18,7 @@ from cli.main import cli
 from qdrop_onnx.api import quantize
 from qdrop_onnx.data import TensorDataset, input_spec
 from qdrop_onnx.quant.config import QuantConfig
-from tests.helpers import ASSETS, needs_assets, small_cnn
+from tests.helpers import ASSETS, needs_assets, small_cnn, small_cnn_and_images
 
 CLI = str(Path(sys.executable).parent / "qdrop-onnx")
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,14 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def tiny(tmp_path: Path) -> tuple[Path, Path]:
     """The small CNN and 12 random 8x8 images in two class folders."""
-    model, _ = small_cnn()
-    onnx.save(model, tmp_path / "net.onnx")
-    rng = np.random.RandomState(0)
-    for i in range(12):
-        folder = tmp_path / "imgs" / f"c{i % 2}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.randint(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return tmp_path / "net.onnx", tmp_path / "imgs"
+    return small_cnn_and_images(tmp_path, 12, classes=2)
 
 
 def test_quantize_help_groups_options_and_shows_defaults() -> None:

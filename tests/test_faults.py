@@ -10,27 +10,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from PIL import Image
 
 from qdrop_onnx.api import quantize
 from qdrop_onnx.data import TensorDataset, input_spec
 from qdrop_onnx.quant.config import QuantConfig
-from tests.helpers import small_cnn
+from tests.helpers import small_cnn, small_cnn_and_images
 
 CLI = str(Path(sys.executable).parent / "qdrop-onnx")
 
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> tuple[Path, Path]:
-    model, _ = small_cnn()
-    onnx.save(model, tmp_path / "net.onnx")
-    rng = np.random.RandomState(0)
-    (tmp_path / "imgs").mkdir()
-    for i in range(16):
-        Image.fromarray(rng.randint(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
-    return tmp_path / "net.onnx", tmp_path / "imgs"
+    return small_cnn_and_images(tmp_path, 16)
 
 
 def test_same_seed_gives_identical_bytes() -> None:

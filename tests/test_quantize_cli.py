@@ -17,7 +17,7 @@ from qdrop_onnx.data import input_spec, open_dataset
 from qdrop_onnx.graph.load import load_model
 from qdrop_onnx.verify import evaluate_classification, make_session
 from qdrop_onnx.verify.coverage import integer_kernel_coverage
-from tests.helpers import ASSETS, needs_assets, small_cnn
+from tests.helpers import ASSETS, needs_assets, small_cnn_and_images
 
 CLI = str(Path(sys.executable).parent / "qdrop-onnx")
 RESNET20 = ASSETS / "models/resnet20_cifar10.onnx"
@@ -70,16 +70,7 @@ def test_quantize_summary_and_files(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny(tmp_path: Path) -> tuple[Path, Path]:
     """The small CNN and a folder of 8x8 images for it."""
-    import numpy as np
-    from PIL import Image
-
-    model, _ = small_cnn()
-    onnx.save(model, tmp_path / "net.onnx")
-    rng = np.random.RandomState(0)
-    for i in range(6):
-        (tmp_path / "imgs").mkdir(exist_ok=True)
-        Image.fromarray(rng.randint(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
-    return tmp_path / "net.onnx", tmp_path / "imgs"
+    return small_cnn_and_images(tmp_path, 6)
 
 
 def test_default_output_name_and_summary(tiny: tuple[Path, Path]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from qdrop_onnx.errors import QdropError
+from qdrop_onnx.fileio import write_atomic
 from qdrop_onnx.quant.adaround import AdaRoundQuantizer
 from qdrop_onnx.quant.sim import QuantSim
 from qdrop_onnx.recon.block import BlockRecord
@@ -88,16 +88,12 @@ def save_checkpoint(directory: str | Path, checkpoint: Checkpoint) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
-    tmp = directory / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
     payload = {"version": FORMAT_VERSION, "fingerprint": checkpoint.fingerprint, "finished": checkpoint.finished,
                "records": [asdict(r) for r in checkpoint.records], "state": checkpoint.state}
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: torch.save(payload, tmp))
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

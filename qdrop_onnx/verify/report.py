@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from qdrop_onnx.fileio import write_atomic
 
 REPORT_SUFFIXES = (".json", ".md", ".png")
 
@@ -74,24 +73,13 @@ def report_paths(base: str | Path) -> dict[str, Path]:
     return {suffix[1:]: base.with_name(base.name + suffix) for suffix in REPORT_SUFFIXES}
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: QuantReport, base: str | Path) -> dict[str, Path]:
     """Write the JSON, Markdown and PNG files of ``report``; returns their paths."""
     paths = report_paths(base)
     data = report.to_dict()
-    _write_atomic(paths["json"], lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
-    _write_atomic(paths["md"], lambda p: p.write_text(render_markdown(data)))
-    _write_atomic(paths["png"], lambda p: plot_report(data, p))
+    write_atomic(paths["json"], lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
+    write_atomic(paths["md"], lambda p: p.write_text(render_markdown(data)))
+    write_atomic(paths["png"], lambda p: plot_report(data, p))
     return paths
 
 
