@@ -270,7 +270,7 @@ class QuantizeCommand(GroupedOptionsCommand):
         ("Input and output", ("calib", "output", "config_file", "report", "no_report")),
         ("Quantization", ("w_bits", "a_bits", "method", "format", "weight_asymmetric", "quantize_first_last",
                           "residual_bits", "exclude", "act_init", "reduce_range")),
-        ("Reconstruction", ("iters", "samples", "batch_size", "drop_prob", "reg_weight", "cache_fp16",
+        ("Reconstruction", ("iters", "samples", "batch_size", "drop_prob", "reg_weight", "round_lr", "cache_fp16",
                             "max_cache_gb", "seed", "device", "checkpoint_dir", "resume")),
         ("Calibration images", ("preset", "mean", "std", "size", "resize")),
         ("Verification", ("eval_data", "classes", "eval_limit")),
@@ -306,8 +306,9 @@ class BlockProgress:
     def done(self, record: Any) -> None:
         self._close()
         if self.lines:
+            kept = " (learned rounding was worse: kept round-to-nearest)" if record.kept_rtn else ""
             click.echo(f"  block {record.index + 1:>3} {record.kind:<5} {record.name}: loss {record.loss_before:.4g}"
-                       f" -> {record.loss_after:.4g} ({record.seconds:.1f} s)")
+                       f" -> {record.loss_after:.4g} ({record.seconds:.1f} s){kept}")
 
     def _close(self) -> None:
         if self._bar is not None:
@@ -355,6 +356,8 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
                    "quantized. [default: 0.5]")
 @click.option("--reg-weight", type=click.FloatRange(min=0), default=None,
               help="Rounding regulariser weight. [default: 0.01, or 0.1 for models with depthwise convs]")
+@click.option("--round-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Adam learning rate of the rounding variables. [default: 20 / --iters, within 0.001-0.1]")
 @click.option("--cache-fp16", is_flag=True, default=None,
               help="Keep cached block inputs/outputs in float16 (half the memory).")
 @click.option("--max-cache-gb", type=click.FloatRange(min=0, min_open=True), default=None,

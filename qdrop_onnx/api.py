@@ -110,7 +110,8 @@ def recon_config(config: QuantConfig, graph: OnnxGraphModule) -> ReconConfig:
     reg = config.reg_weight if config.reg_weight is not None else (0.1 if has_depthwise_conv(graph) else 0.01)
     qdrop = config.method == "qdrop"
     return ReconConfig(iters=config.iters, batch_size=config.batch_size, reg_weight=reg,
-                       drop_prob=config.drop_prob if qdrop else 0.0, quantize_activations=qdrop, seed=config.seed)
+                       drop_prob=config.drop_prob if qdrop else 0.0, quantize_activations=qdrop, seed=config.seed,
+                       weight_lr=config.round_lr)
 
 
 @dataclass
@@ -293,7 +294,8 @@ def build_report(result: QuantResult, model: str | Path, verification: Verificat
                "weight_sqnr_db": sqnr[name]} for name, spec in plan.weights.items()]
     activations = [{"tensor": t, "bits": spec.bits, "reason": spec.reason} for t, spec in plan.activations.items()]
     blocks = [{"index": b.index, "name": b.name, "kind": b.kind, "loss_before": b.loss_before,
-               "loss_after": b.loss_after, "seconds": b.seconds, "undecided": b.undecided} for b in result.blocks]
+               "loss_after": b.loss_after, "seconds": b.seconds, "undecided": b.undecided,
+               "kept_rtn": b.kept_rtn} for b in result.blocks]
     out = result.output
     coverage = None
     if verification is not None and verification.coverage is not None:

@@ -46,6 +46,7 @@ class QuantConfig:
     iters: int = 2000
     drop_prob: float = 0.5
     reg_weight: float | None = None  # None: 0.01, or 0.1 for models with depthwise convs
+    round_lr: float | None = None  # None: 20 / iters within [0.001, 0.1] (recon.block.default_round_lr)
     cache_fp16: bool = False
     max_cache_gb: float | None = None  # None: half of the machine's physical memory
 
@@ -63,6 +64,8 @@ class QuantConfig:
             raise ConfigError(f"--drop-prob must be between 0 and 1, got {self.drop_prob}")
         if self.reg_weight is not None and self.reg_weight < 0:
             raise ConfigError("--reg-weight must not be negative")
+        if self.round_lr is not None and not self.round_lr > 0:
+            raise ConfigError("--round-lr must be positive")
         for name in ("samples", "calib_act_samples", "batch_size", "iters"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")

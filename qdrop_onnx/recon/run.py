@@ -116,6 +116,7 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
     loss_before = _eval_loss(eval_forward, x_fp, x_q, y_fp, device)
     for q in rounding:
         q.hard = False
+    start_state = [q.alpha.detach().clone() for q in rounding] + [q.scale.detach().clone() for q in learned_acts]
 
     for q in learned_acts:
         q.drop_prob = config.drop_prob
@@ -131,12 +132,22 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
     for q in rounding:
         q.harden()
     loss_after = _eval_loss(eval_forward, x_fp, x_q, y_fp, device)
+    kept_rtn = loss_after > loss_before
+    if kept_rtn:
+        # Never worse than where it started: a very short budget (or a bad step) can end above the
+        # round-to-nearest loss; then the start (hard h(V) at its initial V is round-to-nearest, and the
+        # activation steps as initialised) is restored, and the block's loss is its RTN loss again.
+        with torch.no_grad():
+            for param, value in zip([q.alpha for q in rounding] + [q.scale for q in learned_acts], start_state,
+                                    strict=True):
+                param.copy_(value)
+        loss_after = _eval_loss(eval_forward, x_fp, x_q, y_fp, device)
 
     y_q = run_batched(plain, x_q, EVAL_BATCH, device)
     for name, fp, q in zip(block.outputs, y_fp, y_q, strict=True):
         cache.put(name, fp, q)
     return BlockRecord(block.index, block.name, block.kind, loss_before, loss_after, seconds, config.iters,
-                       undecided, trace)
+                       undecided, trace, kept_rtn)
 
 
 def reconstruct(sim: QuantSim, blocks: list[Block], calibration: Sequence[Tensor], config: ReconConfig,

@@ -12,7 +12,8 @@ JSON fields (all present; ``null`` where not measured):
   layers                            per weighted layer: node, op_type, bits, symmetric, weight_sqnr_db
   activations                       per quantized tensor: tensor, bits, reason
   blocks                            per reconstructed block: index, name, kind, loss_before (RTN),
-                                    loss_after, seconds, undecided (fraction of soft roundings)
+                                    loss_after, seconds, undecided (fraction of soft roundings),
+                                    kept_rtn (true: learning ended above the RTN loss, RTN was kept)
   verification                      FP vs quantized in ONNX Runtime (verify.compare.Comparison fields) plus
                                     data (path) and held_out (false: the calibration samples themselves)
   coverage                          integer vs float weighted kernels after ORT's optimizer
