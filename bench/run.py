@@ -1,90 +1,303 @@
-"""``make bench``: run every benchmark on the real models in ../shared/assets.
+"""``make bench`` / ``make bench-quick``: every tool on the real models, one results file, one SUMMARY.
 
-rtn: the round-to-nearest accuracy table (bench/rtn_table.py), simulated and fused-integer paths.
-ort_static: ONNX Runtime's quantize_static on resnet20 (bench/ort_static.py), the baseline to beat.
-rebuild: how long loading + lowering takes, and the torch rebuild's forward time next to ONNX Runtime's
-(same batch, same machine, same run; median of repeats), per model. Reported as a ratio to ORT because the
-machine is shared and noisy. Writes bench/results/rebuild.json.
+python -m bench.run [--quick] [--models resnet20_cifar10,...] [--bits W4A4,W2A4] [--tools qdrop,aimet,...]
+                    [--iters N] [--seeds 0,1,2] [--no-ablation] [--force] [--device auto|cpu|cuda]
+
+Rows (``--tools``): ``fp32``; ONNX Runtime ``quantize_static`` with ``minmax``, ``entropy`` and
+``percentile`` calibration (QDQ, per-channel; 4- and 8-bit only); ``aimet`` (AIMET AdaRound) and ``quark``
+(AMD Quark AdaRound, W8A8 only), each from its own venv (bench/peer_envs.py); this tool's ``rtn``,
+``adaround``, ``brecq`` and ``qdrop`` at their CLI defaults. Columns: W8A8 W4A8 W4A4 W3A3 W2A4 W2A2
+(EfficientNet-Lite0: W8A8 and W4A4 unless ``--bits`` says otherwise). Every tool calibrates on every image
+of the model's calib folder and quantizes the same tensors at the same bits (qdrop-onnx's placement:
+first/last layer and the residual path at 8 bits); every file is scored by bench/common.py in the same
+ONNX Runtime. ``--iters`` is the reconstruction budget per block (per layer for AdaRound), the same for
+every tool that learns.
+
+Each job runs in a process of its own (peak RSS is that process's, from wait4). Quantization time is also
+reported as a ratio to ONNX Runtime's quantize_static MinMax W8A8 on the same model measured in the same
+invocation, and latency as a ratio to the float model in the same invocation: the machine is shared.
+Rows land in ``<results>/results.json`` as they finish; a rerun measures only what is missing (``--force``:
+everything again), so an interrupted ``make bench`` continues where it stopped. ``--quick`` (resnet20,
+100 iterations, W8A8/W4A4/W2A4, ORT MinMax and Percentile, no AIMET W8A8, no qdrop-onnx adaround/brecq, no
+ablation) writes to bench/results/quick/. The ablation
+(resnet20, ``--drop-prob`` 0 / 0.5 / 1 at W4A4, W3A3, W2A2, three seeds) runs after the main table.
+Ends by writing SUMMARY.md and summary.png beside the results (bench/summary.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import platform
-import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-import torch
+from bench import summary
+from bench.common import ASSETS, BITS, MODELS, RESULTS, ROOT, bit_plan, bits_label, prepare, score_file
+from bench.peer_envs import PEERS
+from bench.peer_envs import status as peer_status
+from qdrop_onnx.fileio import write_atomic
 
-from qdrop_onnx.graph import load_model, lower, partition
-
-ROOT = Path(__file__).resolve().parent
-ASSETS = ROOT.parent.parent / "shared" / "assets"
-RESULTS = ROOT / "results"
-MODELS = {"resnet20_cifar10": (32, 32), "resnet56_cifar10": (32, 32), "efficientnet_lite0_imagenet": (224, 224)}
-
-
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+ORT_METHODS = ("minmax", "entropy", "percentile")
+OUR_METHODS = ("rtn", "adaround", "brecq", "qdrop")
+ALL_TOOLS = ("fp32", *ORT_METHODS, "aimet", "quark", *OUR_METHODS)
+QUICK_TOOLS = ("fp32", "minmax", "percentile", "aimet", "quark", "rtn", "qdrop")
+QUICK_BITS = ((8, 8), (4, 4), (2, 4))
+QUICK_SKIP = frozenset({("aimet", 8, 8)})  # AIMET's slowest row, and W8A8 is where every tool ties
+ABLATION = {"model": "resnet20_cifar10", "bits": ((4, 4), (3, 3), (2, 2)), "drop_probs": (0.0, 0.5, 1.0)}
 
 
-def bench_model(name: str, size: tuple[int, int], batch: int = 32, repeats: int = 10) -> dict:
-    path = ASSETS / "models" / f"{name}.onnx"
+@dataclass(frozen=True)
+class Job:
+    """One row of the table: which tool, how, on what."""
+
+    model: str
+    tool: str  # fp32 | ort | aimet | quark | qdrop-onnx
+    method: str  # fp32 | minmax | entropy | percentile | adaround | rtn | brecq | qdrop
+    w: int = 32
+    a: int = 32
+    iters: int = 0
+    seed: int = 0
+    drop_prob: float = 0.5
+
+    @property
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @property
+    def label(self) -> str:
+        bits = "FP32" if self.tool == "fp32" else bits_label(self.w, self.a)
+        extra = f" p={self.drop_prob:g} seed {self.seed}" if self.method == "qdrop" else ""
+        return f"{self.model} {bits} {self.tool} {self.method}{extra}"
+
+
+def job_for(model: str, tool: str, w: int, a: int, iters: int, seed: int = 0, drop_prob: float = 0.5) -> Job:
+    if tool == "fp32":
+        return Job(model, "fp32", "fp32")
+    if tool in ORT_METHODS:
+        return Job(model, "ort", tool, w, a)
+    learns = tool in ("aimet", "quark", "adaround", "brecq", "qdrop")
+    owner = tool if tool in PEERS else "qdrop-onnx"
+    method = "adaround" if tool in PEERS else tool
+    return Job(model, owner, method, w, a, iters if learns else 0, seed, drop_prob if tool == "qdrop" else 0.5)
+
+
+@dataclass
+class Context:
+    """What one invocation shares: where files go and the baselines measured in this invocation."""
+
+    results: Path
+    work: Path
+    device: str
+    force: bool
+    rows: dict[str, dict] = field(default_factory=dict)
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    fresh: set[str] = field(default_factory=set)
+    meta: dict[str, object] = field(default_factory=dict)
+
+
+def machine() -> dict[str, object]:
+    import onnxruntime
+    import torch
+
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "cpu_cores": os.cpu_count(), "machine": platform.machine(), "cuda": cuda}
+
+
+def run_process(command: list[str], job_file: Path, log: Path) -> tuple[int, float, float]:
+    """(exit code, wall seconds, peak RSS in MB of that process alone)."""
     start = time.perf_counter()
-    graph = lower(load_model(path))
-    load_s = time.perf_counter() - start
-    blocks = partition(graph)
-    x = np.random.RandomState(0).randn(batch, 3, *size).astype(np.float32)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    xt = torch.from_numpy(x)
-    with torch.no_grad():
-        torch_s = _median_seconds(lambda: graph(xt), repeats)
-    ort_s = _median_seconds(lambda: session.run(None, {"input": x}), repeats)
-    return {"model": name, "batch": batch, "load_lower_s": round(load_s, 3), "blocks": len(blocks),
-            "torch_forward_ms": round(1000 * torch_s, 2), "ort_forward_ms": round(1000 * ort_s, 2),
-            "torch_over_ort": round(torch_s / ort_s, 2)}
+    with log.open("w") as out:
+        process = subprocess.Popen(command + [str(job_file)], stdout=out, stderr=subprocess.STDOUT,
+                                   cwd=job_file.parent, env={**os.environ, "PYTHONPATH": str(ROOT.parent)})
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024.0
 
 
-def main() -> int:
+def last_line(log: Path) -> str:
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+def quantize_job(job: Job, ctx: Context, tmp: Path) -> dict[str, object]:
+    """Run the job's quantizer in its own process; the row's measurement fields (not yet scored)."""
+    spec = MODELS[job.model]
+    inputs = prepare(job.model, ctx.work / job.model)
+    out = tmp / "q.onnx"
+    payload: dict[str, object] = {**asdict(job), **inputs, "out": str(out), "result": str(tmp / "result.json"),
+                                  "bits": bit_plan(Path(inputs["model"]), job.w, job.a)}
+    if job.tool == "qdrop-onnx":
+        payload.update(source=str(spec.path), calib_dir=str(ASSETS / spec.calib), preset=spec.preset,
+                       device=ctx.device)
+    if job.tool in PEERS:
+        peer = PEERS[job.tool]
+        state = peer_status(peer)
+        if not state["ok"]:
+            return {"status": "absent", "reason": state["reason"]}
+        command = [str(peer.python), str(ROOT / "peers" / f"{peer.script}.py")]
+    else:
+        command = [sys.executable, "-m", "bench.jobs"]
+    job_file = tmp / "job.json"
+    job_file.write_text(json.dumps(payload))
+    code, wall, rss = run_process(command, job_file, tmp / "log.txt")
+    if code != 0:
+        return {"status": "failed", "reason": f"exit {code}: {last_line(tmp / 'log.txt')}"}
+    reported = json.loads((tmp / "result.json").read_text())
+    row: dict[str, object] = {"status": "ok", "seconds": reported.pop("seconds", round(wall, 2)),
+                              "process_seconds": round(wall, 2), "peak_rss_mb": round(rss, 1), "tool_report": reported}
+    if reported.get("exported", True):
+        row["file"] = str(out)
+    elif "sim_top1" in reported:  # AIMET below 4 bits: its own simulation, no QDQ file
+        row.update(top1_simulated=reported["sim_top1"], accuracy_source="tool's own simulation",
+                   reason=reported.get("export_error"))
+    else:
+        row.update(status="absent", reason=reported.get("export_error"))
+    return row
+
+
+def measure(job: Job, ctx: Context) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(dir=ctx.work) as tmp_name:
+        tmp = Path(tmp_name)
+        if job.tool == "fp32":
+            row: dict[str, object] = {"status": "ok", "file": str(MODELS[job.model].path)}
+        elif job.tool == "ort" and (job.w not in (4, 8) or job.a not in (4, 8)):
+            row = {"status": "absent", "reason": "quantize_static has 4-, 8- and 16-bit integer types only"}
+        else:
+            row = quantize_job(job, ctx, tmp)
+        if "file" in row:
+            row.update(score_file(Path(str(row.pop("file"))), job.model))
+    return {**asdict(job), **row, "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": ctx.meta}
+
+
+def baseline(model: str, ctx: Context) -> dict[str, float]:
+    """This invocation's yardsticks for one model, measured (and stored as rows) once per invocation:
+    ORT's quantize_static MinMax W8A8 seconds and the float model's latency."""
+    if model not in ctx.baselines:
+        jobs = (Job(model, "ort", "minmax", 8, 8), Job(model, "fp32", "fp32"))
+        ort, fp = (measure(job, ctx) for job in jobs)
+        ctx.baselines[model] = {"ort_w8a8_seconds": float(ort["seconds"]),
+                                "fp32_latency_b1_ms": float(fp["latency_b1_ms"]),
+                                "fp32_latency_b32_ms": float(fp["latency_b32_ms"])}
+        for job, row in zip(jobs, (ort, fp), strict=True):
+            store(job, {**row, "baseline": ctx.baselines[model]}, ctx)
+            ctx.fresh.add(job.key)
+            print(f"[baseline] {job.label:<56} {describe(row)}", flush=True)
+    return ctx.baselines[model]
+
+
+def store(job: Job, row: dict[str, object], ctx: Context) -> None:
+    ctx.rows[job.key] = row
+    data = {"meta": ctx.meta, "rows": list(ctx.rows.values())}
+    write_atomic(ctx.results, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+
+
+def describe(row: dict[str, object]) -> str:
+    if row.get("status") != "ok":
+        return f"{row.get('status')}: {row.get('reason')}"
+    acc = f"{row['top1_simulated']:6.2f} %"
+    if row.get("top1_fused") is not None:
+        acc += f" (fused {row['top1_fused']:.2f})"
+    seconds = f"{row['seconds']:7.1f} s" if row.get("seconds") is not None else ""
+    rss = f"{row['peak_rss_mb']:6.0f} MB" if row.get("peak_rss_mb") is not None else ""
+    return f"{acc}  {seconds}  {rss}"
+
+
+def run_jobs(jobs: list[Job], ctx: Context) -> None:
+    todo = [j for j in jobs if ctx.force or j.key not in ctx.rows]
+    print(f"bench: {len(jobs)} rows, {len(jobs) - len(todo)} already in {ctx.results}, measuring {len(todo)}",
+          flush=True)
+    for i, job in enumerate(todo, 1):
+        base = baseline(job.model, ctx)
+        if job.key in ctx.fresh:
+            continue  # measured just now, as this invocation's baseline
+        start = time.perf_counter()
+        row = {**measure(job, ctx), "baseline": base}
+        store(job, row, ctx)
+        print(f"[{i}/{len(todo)}] {job.label:<58} {describe(row)}  ({time.perf_counter() - start:.0f} s)",
+              flush=True)
+
+
+def plan_jobs(models: list[str], bits: list[tuple[int, int]] | None, tools: list[str], iters: int,
+              ablation: bool, seeds: list[int], skip: frozenset[tuple[str, int, int]] = frozenset()) -> list[Job]:
+    jobs: list[Job] = []
+    for model in models:
+        widths = bits or (list(BITS) if "cifar10" in model else [(8, 8), (4, 4)])
+        for tool in tools:
+            if tool == "fp32":
+                jobs.append(job_for(model, tool, 32, 32, iters))
+                continue
+            jobs.extend(job_for(model, tool, w, a, iters) for w, a in widths if (tool, w, a) not in skip)
+    if ablation and ABLATION["model"] in models:
+        jobs.extend(job_for(ABLATION["model"], "qdrop", w, a, iters, seed, p)
+                    for w, a in ABLATION["bits"] for p in ABLATION["drop_probs"] for seed in seeds)
+    unique: dict[str, Job] = {j.key: j for j in jobs}
+    return list(unique.values())
+
+
+def parse_bits(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split(","):
+        label = item.strip().upper()
+        if not (label.startswith("W") and "A" in label):
+            raise SystemExit(f"bench: --bits takes W<bits>A<bits>, e.g. W4A4; got {item!r}")
+        w, a = label[1:].split("A")
+        out.append((int(w), int(a)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--quick", action="store_true", help="resnet20 only, 100 iterations, fewer rows")
+    parser.add_argument("--models", help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--bits", help="comma-separated columns, e.g. W8A8,W4A4 (default: all six)")
+    parser.add_argument("--tools", help=f"comma-separated rows, of {', '.join(ALL_TOOLS)}")
+    parser.add_argument("--iters", type=int, help="reconstruction steps per block/layer (default 2000; quick 100)")
+    parser.add_argument("--seeds", default="0,1,2", help="ablation seeds (default 0,1,2)")
+    parser.add_argument("--no-ablation", action="store_true", help="skip the drop-probability ablation")
+    parser.add_argument("--force", action="store_true", help="measure rows again even if the results hold them")
+    parser.add_argument("--device", default="auto", help="reconstruction device for qdrop-onnx (auto, cpu, cuda)")
+    parser.add_argument("--results", type=Path, help="results folder (default bench/results, quick: .../quick)")
+    args = parser.parse_args(argv)
     if not ASSETS.is_dir():
         print(f"bench: real assets not found at {ASSETS}; nothing to measure", file=sys.stderr)
         return 1
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    rows = [bench_model(name, size) for name, size in MODELS.items()]
-    print(f"{'model':<30} {'load+lower s':>12} {'blocks':>7} {'torch ms':>9} {'ORT ms':>8} {'torch/ORT':>10}")
-    for r in rows:
-        print(f"{r['model']:<30} {r['load_lower_s']:>12.2f} {r['blocks']:>7} {r['torch_forward_ms']:>9.1f} "
-              f"{r['ort_forward_ms']:>8.1f} {r['torch_over_ort']:>10.2f}")
-    meta = {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
-            "threads": torch.get_num_threads(), "machine": platform.machine()}
-    (RESULTS / "rebuild.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"\nwrote {RESULTS / 'rebuild.json'}\n")
-    from bench import rtn_table
-
-    rtn_table.main()
-    print(f"wrote {RESULTS / 'rtn.json'}")
-
-    from bench import ort_static
-
-    sys.argv = [sys.argv[0]]  # ort_static parses its own (default) arguments
-    ort_static.main()
-    print(f"wrote {RESULTS / 'ort_static.json'}")
-
-    from bench import summary
-
-    summary.main()  # SUMMARY.md + summary.png from every results JSON present
-    return 0
+    folder: Path = args.results or (RESULTS / "quick" if args.quick else RESULTS)
+    models = args.models.split(",") if args.models else (["resnet20_cifar10"] if args.quick else list(MODELS))
+    tools = args.tools.split(",") if args.tools else list(QUICK_TOOLS if args.quick else ALL_TOOLS)
+    for name, known in (("model", MODELS), ("tool", ALL_TOOLS)):
+        bad = [x for x in (models if name == "model" else tools) if x not in known]
+        if bad:
+            print(f"bench: unknown {name} {bad[0]!r}; choose from {', '.join(known)}", file=sys.stderr)
+            return 2
+    bits = parse_bits(args.bits) if args.bits else (list(QUICK_BITS) if args.quick else None)
+    iters = args.iters or (100 if args.quick else 2000)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    folder.mkdir(parents=True, exist_ok=True)
+    ctx = Context(results=folder / "results.json", work=ROOT / "work", device=args.device, force=args.force)
+    ctx.work.mkdir(exist_ok=True)
+    ctx.meta = {**machine(), "profile": "quick" if args.quick else "full", "iters": iters}
+    if ctx.results.exists():
+        ctx.rows = {Job(**{k: r[k] for k in Job.__dataclass_fields__}).key: r
+                    for r in json.loads(ctx.results.read_text())["rows"]}
+    jobs = plan_jobs(models, bits, tools, iters, not args.no_ablation and not args.quick, seeds,
+                     QUICK_SKIP if args.quick else frozenset())
+    start = time.perf_counter()
+    run_jobs(jobs, ctx)
+    print(f"bench: done in {time.perf_counter() - start:.0f} s; results in {ctx.results}\n", flush=True)
+    return summary.main([str(folder)])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,91 @@
+"""One quantization job in a process of its own (so its peak RSS is its own), run by bench/run.py.
+
+python -m bench.jobs JOB.json
+
+``tool`` "qdrop-onnx": qdrop_onnx.api.quantize with ``method``/``w``/``a``/``iters``/``drop_prob``/``seed``
+(every other setting at the CLI's default) on the original model file.
+``tool`` "ort": ONNX Runtime's quantize_static (QDQ, per-channel weights, ``method`` = MinMax, Entropy or
+Percentile calibration) on the cleaned model, after ORT's quant_pre_process; tensors that qdrop-onnx keeps
+at 8 bits (``bits``) are kept at 8 bits through TensorQuantOverrides.
+Writes the quantized model to ``out`` and ``{"seconds": ...}`` (plus what the tool reports) to ``result``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class CalibReader:
+    """An ONNX Runtime CalibrationDataReader over a preprocessed array, in batches of 32."""
+
+    def __init__(self, name: str, data: np.ndarray) -> None:
+        self._batches = iter([{name: data[i:i + 32]} for i in range(0, len(data), 32)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def run_qdrop_onnx(job: dict) -> dict[str, object]:
+    import torch
+
+    from qdrop_onnx.api import DataOptions, quantize
+    from qdrop_onnx.quant.config import QuantConfig
+
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
+    budget = {"iters": job["iters"]} if job["iters"] else {}  # rtn learns nothing: no budget
+    config = QuantConfig(w_bits=job["w"], a_bits=job["a"], method=job["method"], drop_prob=job["drop_prob"],
+                         seed=job["seed"], **budget)
+    start = time.perf_counter()
+    result = quantize(job["source"], job["calib_dir"], config, job["out"], data=DataOptions(preset=job["preset"]),
+                      device=job.get("device", "cpu"))
+    return {"seconds": round(time.perf_counter() - start, 2), "device": result.device,
+            "reconstruct_seconds": round(result.timings.get("reconstruct", 0.0), 2), "blocks": len(result.blocks),
+            "calibration_samples": result.calibration_samples}
+
+
+def run_ort(job: dict) -> dict[str, object]:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    low = {8: (QuantType.QInt8, QuantType.QUInt8), 4: (QuantType.QInt4, QuantType.QUInt4)}
+    if job["w"] not in low or job["a"] not in low:
+        raise SystemExit("ONNX Runtime's quantize_static has integer types of 4, 8 and 16 bits only")
+    model = onnx.load(job["model"])
+    weights = {t.name for t in model.graph.initializer}
+    # Keep at 8 bits what qdrop-onnx keeps at 8 bits (first/last layer, residual path), as for every tool.
+    overrides = {name: [{"quant_type": QuantType.QInt8 if name in weights else QuantType.QUInt8}]
+                 for name, bits in job["bits"].items()
+                 if bits == 8 and (job["w"] if name in weights else job["a"]) != 8}
+    calib = np.load(job["calib"])
+    start = time.perf_counter()
+    pre = Path(job["out"]).with_name("pre.onnx")
+    quant_pre_process(job["model"], str(pre), skip_optimization=True, skip_symbolic_shape=True)
+    quantize_static(str(pre), job["out"], CalibReader(model.graph.input[0].name, calib),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=low[job["w"]][0], activation_type=low[job["a"]][1],
+                    calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                                      "percentile": CalibrationMethod.Percentile}[job["method"]],
+                    extra_options={"TensorQuantOverrides": overrides})
+    pre.unlink()
+    import onnxruntime
+
+    return {"seconds": round(time.perf_counter() - start, 2), "overrides_8bit": len(overrides),
+            "onnxruntime_version": onnxruntime.__version__}
+
+
+def main(job_path: str) -> int:
+    job = json.loads(Path(job_path).read_text())
+    run = {"qdrop-onnx": run_qdrop_onnx, "ort": run_ort}[job["tool"]]
+    Path(job["result"]).write_text(json.dumps(run(job), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

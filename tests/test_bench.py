@@ -1,0 +1,120 @@
+"""The benchmark harness itself (bench/): job planning, per-process RSS, ORT's placement, the summary's arithmetic.
+
+The benchmarks' numbers are not asserted here (they are measurements, in bench/results/); what is asserted
+is that the harness measures what it says: the same placement for every tool, the child's own peak RSS, the
+lead and ablation verdicts computed from the rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from bench import summary
+from bench.common import MODELS, bit_plan, prepare
+from bench.jobs import run_ort
+from bench.run import Job, job_for, plan_jobs, run_process
+from tests.helpers import needs_assets
+
+
+def test_plan_jobs_full_profile_counts_and_shares_the_default_qdrop_rows() -> None:
+    jobs = plan_jobs(["resnet20_cifar10"], None, ["fp32", "minmax", "aimet", "qdrop"], 500, True, [0, 1, 2])
+    keys = [j.key for j in jobs]
+    assert len(keys) == len(set(keys))
+    main = [j for j in jobs if j.tool != "fp32"]
+    # 3 tools x 6 widths, + ablation 3 probabilities x 3 widths x 3 seeds minus the 3 rows the table already has.
+    assert len(main) == 3 * 6 + 27 - 3
+    assert job_for("resnet20_cifar10", "aimet", 4, 4, 500) == Job("resnet20_cifar10", "aimet", "adaround", 4, 4, 500)
+    assert job_for("resnet20_cifar10", "rtn", 4, 4, 500).iters == 0  # rtn learns nothing: one row per width
+    effnet = plan_jobs(["efficientnet_lite0_imagenet"], None, ["qdrop"], 500, True, [0])
+    assert [(j.w, j.a) for j in effnet] == [(8, 8), (4, 4)]  # no ablation off resnet20
+
+
+def test_run_process_reports_the_childs_own_peak_rss(tmp_path: Path) -> None:
+    script = tmp_path / "alloc.py"
+    script.write_text("import sys\nimport numpy as np\nx = np.ones(300 * 2**20 // 8)\nsys.exit(3)\n")
+    job = tmp_path / "job.json"
+    job.write_text("{}")
+    code, seconds, rss_mb = run_process([sys.executable, str(script)], job, tmp_path / "log.txt")
+    assert code == 3
+    assert 300 <= rss_mb < 600  # the 300 MB array plus the interpreter, not this (pytest) process
+    assert seconds > 0
+
+
+def _row(tool: str, method: str, w: int, a: int, top1: float, **extra: object) -> dict:
+    return {"model": "m_cifar10", "tool": tool, "method": method, "w": w, "a": a, "iters": 10, "seed": 0,
+            "drop_prob": 0.5, "status": "ok", "top1_simulated": top1, "top1_fused": top1, **extra}
+
+
+def test_summary_lead_table_and_verdict() -> None:
+    rows = [_row("fp32", "fp32", 32, 32, 81.0),
+            _row("ort", "minmax", 4, 4, 60.0), _row("ort", "percentile", 4, 4, 65.5),
+            _row("aimet", "adaround", 4, 4, 74.0), _row("qdrop-onnx", "qdrop", 4, 4, 79.25),
+            _row("aimet", "adaround", 2, 2, 50.0, accuracy_source="tool's own simulation", top1_fused=None),
+            _row("qdrop-onnx", "qdrop", 2, 2, 49.0),
+            _row("ort", "minmax", 2, 2, 0.0, status="absent", reason="4/8/16-bit only")]
+    text = summary.render({"meta": {"profile": "test"}, "rows": rows})
+    assert "| W4A4 | 79.25 | 65.50 (percentile) | +13.75 | 74.00 | +5.25 |" in text
+    assert "| W2A2 | 49.00 | n/a | - | 50.00 | -1.00 |" in text
+    assert "qdrop-onnx qdrop is NOT ahead at: W2A2 vs AIMET." in text
+    assert "| AIMET AdaRound | 74.00 | 50.00† |" in text
+    assert "- ORT quantize_static minmax W2A2: 4/8/16-bit only" in text
+
+
+def test_summary_ablation_says_where_dropping_pays() -> None:
+    rows = []
+    for seed, (always, dropped) in enumerate([(80.1, 79.5), (80.3, 79.6), (80.2, 79.7)]):
+        rows += [_row("qdrop-onnx", "qdrop", 4, 4, always, drop_prob=0.0, seed=seed),
+                 _row("qdrop-onnx", "qdrop", 4, 4, dropped, seed=seed)]
+    for seed, (always, dropped) in enumerate([(60.0, 66.0), (61.0, 65.0), (62.0, 67.0)]):
+        rows += [_row("qdrop-onnx", "qdrop", 2, 2, always, drop_prob=0.0, seed=seed),
+                 _row("qdrop-onnx", "qdrop", 2, 2, dropped, seed=seed)]
+    text = "\n".join(summary.ablation(rows))
+    assert "| 0 (always quantized: BRECQ + LSQ) | 80.20 ± 0.10 (n=3) | 61.00 ± 1.00 (n=3) |" in text
+    assert "- W4A4: QDrop (0.5) minus always-quantized (0) = -0.60 points (spread 0.20): dropping does not pay" in text
+    assert "- W2A2: QDrop (0.5) minus always-quantized (0) = +5.00 points (spread 2.00): dropping pays." in text
+
+
+@needs_assets
+def test_every_tool_gets_qdrop_onnx_placement_and_ort_keeps_those_tensors_at_8_bits(tmp_path: Path) -> None:
+    files = prepare("resnet20_cifar10", tmp_path / "work")
+    model = onnx.load(files["model"])
+    bits = bit_plan(Path(files["model"]), 4, 4)
+    tensors = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+    tensors |= {i.name for i in model.graph.input}
+    assert set(bits) <= tensors  # every planned name exists in the graph peers receive
+    assert bits["/conv1/Conv.weight_bnfold"] == 8 and bits["linear.weight"] == 8 and bits["input"] == 8
+    assert sum(1 for b in bits.values() if b == 4) == 18 + 18  # 18 inner convs: weights and inputs
+
+    out = tmp_path / "ort.onnx"
+    report = run_ort({"model": files["model"], "calib": files["calib"], "w": 4, "a": 4, "method": "minmax",
+                      "bits": bits, "out": str(out)})
+    assert report["overrides_8bit"] == 13  # first/last weights, input, pooled features, 9 residual tensors
+    q = onnx.load(str(out))
+    dtype = {t.name: t.data_type for t in q.graph.initializer}
+    weight_q = {n.input[0]: n.output[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
+    first = next(n for n in q.graph.node if n.op_type == "DequantizeLinear"
+                 and n.input[0].startswith("/conv1/Conv.weight"))
+    inner = next(n for n in q.graph.node if n.op_type == "DequantizeLinear"
+                 and n.input[0].startswith("/layer2/layer2.1/conv1/Conv.weight"))
+    assert dtype[first.input[0]] == onnx.TensorProto.INT8
+    assert dtype[inner.input[0]] == onnx.TensorProto.INT4
+    assert weight_q is not None
+    calib = np.load(files["calib"])
+    assert calib.shape == (1024, 3, 32, 32)
+    assert MODELS["resnet20_cifar10"].preset == "cifar10"
+
+
+def test_summary_without_results_says_what_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert summary.main([str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == (f"bench.summary: no results at {tmp_path / 'results.json'}; "
+                                               "run `make bench` or `make bench-quick` first")
+    (tmp_path / "results.json").write_text(json.dumps({"meta": {}, "rows": [_row("fp32", "fp32", 32, 32, 81.0)]}))
+    assert summary.main([str(tmp_path)]) == 0
+    assert (tmp_path / "SUMMARY.md").read_text().startswith("# Benchmark summary")
+    assert (tmp_path / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
