@@ -21,13 +21,20 @@ import numpy as np
 
 
 class CalibReader:
-    """An ONNX Runtime CalibrationDataReader over a preprocessed array, in batches of 32."""
+    """An ONNX Runtime CalibrationDataReader over a preprocessed array, in batches of 32 (also used by the
+    Quark peer, which rewinds it between passes; this module imports only numpy at load time)."""
 
     def __init__(self, name: str, data: np.ndarray) -> None:
-        self._batches = iter([{name: data[i:i + 32]} for i in range(0, len(data), 32)])
+        self.name, self.data, self.position = name, data, 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
+        if self.position >= len(self.data):
+            return None
+        self.position += 32
+        return {self.name: self.data[self.position - 32:self.position]}
+
+    def rewind(self) -> None:
+        self.position = 0
 
 
 def run_qdrop_onnx(job: dict) -> dict[str, object]:

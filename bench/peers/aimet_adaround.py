@@ -39,6 +39,21 @@ def top1(session: object, name: str, x: np.ndarray, y: np.ndarray) -> float:
     return 100.0 * correct / len(x)
 
 
+DATA_MOVEMENT = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
+
+
+def placed_on_aimet_tensors(model: onnx.ModelProto, bits: dict[str, int], quantized: set[str]) -> dict[str, int]:
+    """``bits`` with each tensor AIMET has no quantizer for moved up through data-movement ops (AIMET
+    quantizes the input of a Reshape/Flatten, not its output, e.g. the pooled features before the Gemm)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    moved: dict[str, int] = {}
+    for tensor, b in bits.items():
+        while tensor not in quantized and tensor in producer and producer[tensor].op_type in DATA_MOVEMENT:
+            tensor = producer[tensor].input[0]
+        moved[tensor] = max(moved.get(tensor, 0), b)
+    return moved
+
+
 def main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
     import aimet_onnx
@@ -59,9 +74,13 @@ def main(job_path: str) -> int:
         config.write_text(json.dumps(CONFIG))
         sim = QuantizationSimModel(model, param_type=aimet_onnx.int8, activation_type=aimet_onnx.int8,
                                    quant_scheme=QuantScheme.post_training_tf_enhanced, config_file=str(config))
+    bits = placed_on_aimet_tensors(model, bits, set(sim.qc_quantize_op_dict))
+    # Tensors can share one quantizer object (a conv output and the Relu after it): enable what is planned.
     for tensor, quantizer in sim.qc_quantize_op_dict.items():
         quantizer.enabled = tensor in bits
+    for tensor, quantizer in sim.qc_quantize_op_dict.items():
         if tensor in bits:
+            quantizer.enabled = True
             quantizer.set_bitwidth(bits[tensor])
     missing = sorted(set(bits) - set(sim.qc_quantize_op_dict))
     sim._rebuild_session()  # the enabled flags are read when the session is built (private, no public API)

@@ -17,22 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class Reader:
-    """An ONNX Runtime CalibrationDataReader over the preprocessed calibration array (batches of 32)."""
-
-    def __init__(self, name: str, data: np.ndarray) -> None:
-        self.name, self.data, self.i = name, data, 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.i >= len(self.data):
-            return None
-        batch = self.data[self.i:self.i + 32]
-        self.i += 32
-        return {self.name: batch}
-
-    def rewind(self) -> None:
-        self.i = 0
+from bench.jobs import CalibReader  # bench/ is on PYTHONPATH (bench/run.py sets it); numpy-only at import
 
 
 def main(job_path: str) -> int:
@@ -56,7 +41,7 @@ def main(job_path: str) -> int:
                                     data_size=len(calib), early_stop=False)],
         ForceQuantizeNoInputCheck=True, AlignSlice=False, FoldRelu=True, AlignConcat=True)
     start = time.perf_counter()
-    ModelQuantizer(config).quantize_model(job["model"], job["out"], Reader(model.graph.input[0].name, calib))
+    ModelQuantizer(config).quantize_model(job["model"], job["out"], CalibReader(model.graph.input[0].name, calib))
     result.update(seconds=round(time.perf_counter() - start, 1), exported=True,
                   quark_version=getattr(quark, "__version__", "?"))
     Path(job["result"]).write_text(json.dumps(result, indent=2) + "\n")
