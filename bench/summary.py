@@ -206,6 +206,12 @@ def render(data: dict) -> str:
         reasons = [f"{method} {', '.join(bits)}: {reason}" for (method, reason), bits in sorted(missing.items())]
         if reasons:
             out += ["Not measured, and why:", *[f"- {text}" for text in reasons], ""]
+        entropy, minmax = (by_method.get(f"ORT quantize_static {m}", {}) for m in ("entropy", "minmax"))
+        shared = [b for b in entropy if top1(entropy[b]) is not None and top1(minmax.get(b)) is not None]
+        if shared and all(top1(entropy[b]) == top1(minmax[b]) for b in shared):
+            out += ["ORT's entropy rows equal its minmax rows: through quantize_static, Entropy calibration gets "
+                    "128 histogram bins and 128 quantized bins (its extra_options cannot change them), which leaves "
+                    "one candidate threshold, the full range.", ""]
         if "qdrop-onnx qdrop" in by_method:
             out += ["### qdrop-onnx qdrop against the best peer (weights at 4 bits or fewer)", "",
                     *lead_table(by_method), ""]
