@@ -96,7 +96,7 @@ class Context:
     device: str
     force: bool
     rows: dict[str, dict] = field(default_factory=dict)
-    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    baselines: dict[str, dict[str, float | None]] = field(default_factory=dict)
     fresh: set[str] = field(default_factory=set)
     meta: dict[str, object] = field(default_factory=dict)
 
@@ -181,15 +181,16 @@ def measure(job: Job, ctx: Context) -> dict[str, object]:
     return {**asdict(job), **row, "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": ctx.meta}
 
 
-def baseline(model: str, ctx: Context) -> dict[str, float]:
+def baseline(model: str, ctx: Context) -> dict[str, float | None]:
     """This invocation's yardsticks for one model, measured (and stored as rows) once per invocation:
-    ORT's quantize_static MinMax W8A8 seconds and the float model's latency."""
+    ORT's quantize_static MinMax W8A8 seconds and the float model's latency (None where that row failed:
+    the ratios then show '-')."""
     if model not in ctx.baselines:
         jobs = (Job(model, "ort", "minmax", 8, 8), Job(model, "fp32", "fp32"))
         ort, fp = (measure(job, ctx) for job in jobs)
-        ctx.baselines[model] = {"ort_w8a8_seconds": float(ort["seconds"]),
-                                "fp32_latency_b1_ms": float(fp["latency_b1_ms"]),
-                                "fp32_latency_b32_ms": float(fp["latency_b32_ms"])}
+        ctx.baselines[model] = {"ort_w8a8_seconds": ort.get("seconds"),  # type: ignore[dict-item]
+                                "fp32_latency_b1_ms": fp.get("latency_b1_ms"),  # type: ignore[dict-item]
+                                "fp32_latency_b32_ms": fp.get("latency_b32_ms")}  # type: ignore[dict-item]
         for job, row in zip(jobs, (ort, fp), strict=True):
             store(job, {**row, "baseline": ctx.baselines[model]}, ctx)
             ctx.fresh.add(job.key)

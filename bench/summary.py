@@ -196,7 +196,9 @@ def render(data: dict) -> str:
         fp = next((r for r in mrows if r["tool"] == "fp32" and r.get("status") == "ok"), None)
         where = DATA["cifar10" if "cifar10" in model else "imagenet"]
         fp_text = f"FP32 {fp['top1_simulated']:.2f} %" if fp else "FP32 not measured"
-        out += [f"## {model} ({fp_text}; top-1 on {where})", ""]
+        budget = sorted({r["iters"] for r in mrows if r.get("iters")})
+        out += [f"## {model} ({fp_text}; top-1 on {where}; {'/'.join(map(str, budget)) or 'no'} "
+                "reconstruction steps per block or layer)", ""]
         table, by_method = accuracy_table(mrows)
         out += ["### Top-1 (%)", "", *table, ""]
         missing: dict[tuple[str, str], list[str]] = defaultdict(list)
