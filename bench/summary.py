@@ -176,13 +176,14 @@ def render(data: dict) -> str:
     meta = data.get("meta", {})
     iters = sorted({r["iters"] for r in rows if r.get("iters")})
     seen = sorted({r["measured"] for r in rows if r.get("measured")})
+    seeds = sorted({r.get("seed", 0) for r in rows if r["tool"] == "qdrop-onnx"}) or [0]
     out = [f"# Benchmark summary ({meta.get('profile', '?')} profile)", "",
            f"Measured {seen[0] if seen else '?'} to {seen[-1] if seen else '?'}: Python {meta.get('python')}, "
            f"torch {meta.get('torch')}, ONNX Runtime {meta.get('onnxruntime')}, {meta.get('cpu_cores')} CPU cores"
            f"{', GPU ' + str(meta['cuda']) if meta.get('cuda') else ', no GPU'}. "
            f"Reconstruction budget: {', '.join(map(str, iters)) or '-'} steps per block (qdrop-onnx brecq/qdrop) "
-           "or per layer (qdrop-onnx adaround, AIMET, Quark), batch 32. Seeds: qdrop-onnx 0 (ablation 0, 1, 2), "
-           "AIMET 0 (numpy and torch), Quark its fixed default 1705472343.", "",
+           "or per layer (qdrop-onnx adaround, AIMET, Quark), batch 32. Seeds: qdrop-onnx "
+           f"{', '.join(map(str, seeds))}, AIMET 0 (numpy and torch), Quark its fixed default 1705472343.", "",
            "Every tool starts from the same cleaned float graph (BatchNorm folded), calibrates on every "
            "calibration image and quantizes the same tensors at the same bits: qdrop-onnx's placement (first and "
            "last layer and the residual path at 8 bits; AIMET's other quantizers are disabled; ONNX Runtime keeps "
