@@ -4,8 +4,8 @@ Objective (per the QDrop paper and its reference code): ||block(X) - Y_fp||^2 (s
 over channels, averaged over batch and positions) + lambda * sum(1 - |2 h(V) - 1|^beta) over the block's
 rounding variables, beta annealed 20 -> 2 after a 20 % warm-up without the regulariser. Rounding
 variables use Adam (lr scaled to the budget, see :func:`default_round_lr`); activation step sizes Adam
-(lr 4e-5) with cosine annealing to 0. Batches
-are drawn with replacement from the cached calibration tensors. At the end the rounding is hardened.
+(lr 4e-5) with cosine annealing to 0. Batches are drawn with replacement from the cached calibration
+tensors. At the end the rounding is hardened.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def default_round_lr(iters: int) -> float:
     The reference code's 1e-3 is tuned for 20000 steps. Adam moves a variable by about lr per step, and
     flipping a rounding decision takes a change of ~1-2 in V, so with fewer steps most decisions cannot
     move: ResNet-20 W2A4 (symmetric weights) gave 14.4 % at 100 steps and 76.2 % at 2000 with 1e-3, and
-    76.1 % / 78.3 % with this rule (0.1 / 0.01), with undecided roundings at 2000 steps 0.1 % instead of 30 %.
+    76.3 % / 78.3 % with this rule (0.1 / 0.01), with undecided roundings at 2000 steps 0.1 % instead of 30 %.
     """
     return min(0.1, max(1e-3, 20.0 / iters))
 
