@@ -25,16 +25,23 @@ class CalibReader:
     Quark peer, which rewinds it between passes; this module imports only numpy at load time)."""
 
     def __init__(self, name: str, data: np.ndarray) -> None:
-        self.name, self.data, self.position = name, data, 0
+        self.name, self.data, self.position, self.end = name, data, 0, len(data)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.position >= len(self.data):
+        if self.position >= self.end:
             return None
         self.position += 32
-        return {self.name: self.data[self.position - 32:self.position]}
+        return {self.name: self.data[self.position - 32:min(self.position, self.end)]}
 
     def rewind(self) -> None:
-        self.position = 0
+        self.position, self.end = 0, len(self.data)
+
+    def __len__(self) -> int:
+        """Batches, the unit of ``set_range`` (quantize_static's CalibStridedMinMax counts in these)."""
+        return -(-len(self.data) // 32)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.position, self.end = start_index * 32, min(end_index * 32, len(self.data))
 
 
 def run_qdrop_onnx(job: dict) -> dict[str, object]:
@@ -71,6 +78,9 @@ def run_ort(job: dict) -> dict[str, object]:
                  for name, bits in job["bits"].items()
                  if bits == 8 and (job["w"] if name in weights else job["a"]) != 8}
     calib = np.load(job["calib"])
+    # Histogram calibration keeps every image's intermediate tensors at once unless told to go in chunks.
+    chunk = job.get("histogram_chunk") if job["method"] != "minmax" else None
+    chunked = {"CalibStridedMinMax": chunk} if chunk else {}
     start = time.perf_counter()
     pre = Path(job["out"]).with_name("pre.onnx")
     quant_pre_process(job["model"], str(pre), skip_optimization=True, skip_symbolic_shape=True)
@@ -79,7 +89,7 @@ def run_ort(job: dict) -> dict[str, object]:
                     weight_type=low[job["w"]][0], activation_type=low[job["a"]][1],
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                       "percentile": CalibrationMethod.Percentile}[job["method"]],
-                    extra_options={"TensorQuantOverrides": overrides})
+                    extra_options={"TensorQuantOverrides": overrides, **chunked})
     pre.unlink()
     import onnxruntime
 

@@ -141,6 +141,8 @@ def quantize_job(job: Job, ctx: Context, tmp: Path) -> dict[str, object]:
     if job.tool == "qdrop-onnx":
         payload.update(source=str(spec.path), calib_dir=str(ASSETS / spec.calib), preset=spec.preset,
                        device=ctx.device)
+    if job.tool == "ort":
+        payload["histogram_chunk"] = spec.histogram_chunk
     if job.tool in PEERS:
         peer = PEERS[job.tool]
         state = peer_status(peer)
@@ -216,7 +218,8 @@ def describe(row: dict[str, object]) -> str:
 
 
 def run_jobs(jobs: list[Job], ctx: Context) -> None:
-    todo = [j for j in jobs if ctx.force or j.key not in ctx.rows]
+    # A failed row (a crash, the kernel's OOM killer) is measured again; ok and absent rows are kept.
+    todo = [j for j in jobs if ctx.force or ctx.rows.get(j.key, {}).get("status") not in ("ok", "absent")]
     print(f"bench: {len(jobs)} rows, {len(jobs) - len(todo)} already in {ctx.results}, measuring {len(todo)}",
           flush=True)
     for i, job in enumerate(todo, 1):
