@@ -66,9 +66,11 @@ def accuracy_table(rows: list[dict]) -> tuple[list[str], dict[str, dict[str, dic
         by_method[method_name(r)][bits_of(r)] = r
     columns = [b for b in BITS if any(b in cols for cols in by_method.values())]
     lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for method in sorted(by_method, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
+    # Every method gets a line, so that one not run at all shows as '-' instead of silently missing.
+    methods = set(by_method) | (set(METHOD_ORDER) if by_method else set())
+    for method in sorted(methods, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
         name = f"**{method}**" if method == "qdrop-onnx qdrop" else method
-        lines.append(f"| {name} | " + " | ".join(cell(by_method[method].get(b)) for b in columns) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(by_method.get(method, {}).get(b)) for b in columns) + " |")
     return lines, by_method
 
 
@@ -81,19 +83,26 @@ def lead_table(by_method: dict[str, dict[str, dict]]) -> list[str]:
     ours = by_method.get("qdrop-onnx qdrop", {})
     lines = ["| bits | qdrop-onnx qdrop | best ORT quantize_static | lead | AIMET AdaRound | lead |",
              "|---|---|---|---|---|---|"]
-    behind = []
+    behind, not_run = [], []
     for bits in LOW_BITS:
         mine = top1(ours.get(bits))
         if mine is None:
             continue
-        ort = [(top1(cols.get(bits)), m.rsplit(" ", 1)[1]) for m, cols in by_method.items() if m.startswith("ORT")]
-        ort = [(v, m) for v, m in ort if v is not None]
+        ort_rows = {m: cols.get(bits) for m, cols in by_method.items() if m.startswith("ORT")}
+        ort = [(v, m.rsplit(" ", 1)[1]) for m, r in ort_rows.items() if (v := top1(r)) is not None]
         best_ort = max(ort) if ort else None
-        aimet = top1(by_method.get("AIMET AdaRound", {}).get(bits))
+        aimet_row = by_method.get("AIMET AdaRound", {}).get(bits)
+        aimet = top1(aimet_row)
         cells = [bits, f"{mine:.2f}"]
-        for peer, name in ((best_ort, "ORT"), ((aimet, "") if aimet is not None else None, "AIMET")):
+        for peer, name, tried in ((best_ort, "ORT", any(r is not None for r in ort_rows.values())),
+                                  ((aimet, "") if aimet is not None else None, "AIMET", aimet_row is not None)):
             if peer is None:
-                cells += ["n/a", "-"]
+                # n/a: the peer ran and cannot do these bits; '-': it was not run (or failed) here
+                cells += ["n/a" if tried and all(r is None or r.get("status") == "absent"
+                                                 for r in (ort_rows.values() if name == "ORT" else [aimet_row]))
+                          else "-", "-"]
+                if cells[-2] == "-":
+                    not_run.append(f"{bits} vs {name}")
                 continue
             value, how = peer
             cells += [f"{value:.2f}" + (f" ({how})" if how else ""), f"{mine - value:+.2f}"]
@@ -102,6 +111,8 @@ def lead_table(by_method: dict[str, dict[str, dict]]) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     verdict = ("qdrop-onnx qdrop is ahead in every measured column." if not behind else
                "qdrop-onnx qdrop is NOT ahead at: " + ", ".join(behind) + ".")
+    if not_run:
+        verdict += " Not compared (the peer was not run or failed here): " + ", ".join(not_run) + "."
     return lines + ["", verdict]
 
 
