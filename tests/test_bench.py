@@ -64,6 +64,12 @@ def test_summary_lead_table_and_verdict() -> None:
     assert "qdrop-onnx qdrop is NOT ahead at: W2A2 vs AIMET." in text
     assert "| AIMET AdaRound | 74.00 | 50.00† |" in text
     assert "- ORT quantize_static minmax W2A2: 4/8/16-bit only" in text
+    assert "| qdrop-onnx brecq | - | - |" in text  # not run at all: still a line, '-' not 'n/a'
+
+    # AIMET not run at W3A3 and ORT not run at all: '-' (not compared), not 'n/a' (cannot), and said so
+    text = summary.render({"meta": {"profile": "test"}, "rows": [_row("qdrop-onnx", "qdrop", 3, 3, 70.0)]})
+    assert "| W3A3 | 70.00 | - | - | - | - |" in text
+    assert "Not compared (the peer was not run or failed here): W3A3 vs ORT, W3A3 vs AIMET." in text
 
 
 def test_summary_ablation_says_where_dropping_pays() -> None:
