@@ -21,27 +21,33 @@ import numpy as np
 
 
 class CalibReader:
-    """An ONNX Runtime CalibrationDataReader over a preprocessed array, in batches of 32 (also used by the
-    Quark peer, which rewinds it between passes; this module imports only numpy at load time)."""
+    """An ONNX Runtime CalibrationDataReader over a preprocessed array, in equal batches of at most 32 (also
+    used by the Quark peer, which rewinds it between passes; this module imports only numpy at load time).
+
+    Equal batches because ORT's histogram calibration stacks a pass's batches into one array: a short last
+    batch (500 = 15 x 32 + 20) makes that fail. The batch is the largest size <= 32 that divides the count
+    (1024 images: 32; 500: 25).
+    """
 
     def __init__(self, name: str, data: np.ndarray) -> None:
         self.name, self.data, self.position, self.end = name, data, 0, len(data)
+        self.batch = max(b for b in range(1, 33) if len(data) % b == 0)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.position >= self.end:
             return None
-        self.position += 32
-        return {self.name: self.data[self.position - 32:min(self.position, self.end)]}
+        self.position += self.batch
+        return {self.name: self.data[self.position - self.batch:min(self.position, self.end)]}
 
     def rewind(self) -> None:
         self.position, self.end = 0, len(self.data)
 
     def __len__(self) -> int:
         """Batches, the unit of ``set_range`` (quantize_static's CalibStridedMinMax counts in these)."""
-        return -(-len(self.data) // 32)
+        return len(self.data) // self.batch
 
     def set_range(self, start_index: int, end_index: int) -> None:
-        self.position, self.end = start_index * 32, min(end_index * 32, len(self.data))
+        self.position, self.end = start_index * self.batch, min(end_index * self.batch, len(self.data))
 
 
 def run_qdrop_onnx(job: dict) -> dict[str, object]:
