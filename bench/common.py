@@ -33,9 +33,8 @@ class BenchModel:
 
     ``histogram_chunk``: calibration batches (bench/jobs.py's CalibReader: 25 images each for 500) per pass
     of ONNX Runtime's Entropy/Percentile calibration (its ``CalibStridedMinMax`` option: histograms merged
-    pass by pass). None = one pass over
-    every image, as quantize_static does by default; that holds every intermediate tensor of every image
-    in memory, over 24 GiB for EfficientNet-Lite0 at 500 images.
+    pass by pass). None = one pass over every image, as quantize_static does by default; that holds every
+    intermediate tensor of every image in memory, over 24 GiB for EfficientNet-Lite0 at 500 images.
     """
 
     name: str

@@ -37,7 +37,7 @@ class CalibReader:
         if self.position >= self.end:
             return None
         self.position += self.batch
-        return {self.name: self.data[self.position - self.batch:min(self.position, self.end)]}
+        return {self.name: self.data[self.position - self.batch:self.position]}  # end is a batch multiple
 
     def rewind(self) -> None:
         self.position, self.end = 0, len(self.data)

@@ -94,14 +94,14 @@ def lead_table(by_method: dict[str, dict[str, dict]]) -> list[str]:
         aimet_row = by_method.get("AIMET AdaRound", {}).get(bits)
         aimet = top1(aimet_row)
         cells = [bits, f"{mine:.2f}"]
-        for peer, name, tried in ((best_ort, "ORT", any(r is not None for r in ort_rows.values())),
-                                  ((aimet, "") if aimet is not None else None, "AIMET", aimet_row is not None)):
+        for peer, name, peer_rows in ((best_ort, "ORT", list(ort_rows.values())),
+                                      ((aimet, "") if aimet is not None else None, "AIMET", [aimet_row])):
             if peer is None:
                 # n/a: the peer ran and cannot do these bits; '-': it was not run (or failed) here
-                cells += ["n/a" if tried and all(r is None or r.get("status") == "absent"
-                                                 for r in (ort_rows.values() if name == "ORT" else [aimet_row]))
-                          else "-", "-"]
-                if cells[-2] == "-":
+                ran = [r for r in peer_rows if r is not None]
+                cannot = bool(ran) and all(r.get("status") == "absent" for r in ran)
+                cells += ["n/a" if cannot else "-", "-"]
+                if not cannot:
                     not_run.append(f"{bits} vs {name}")
                 continue
             value, how = peer
