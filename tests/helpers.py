@@ -115,3 +115,31 @@ def small_cnn_and_images(folder: Path, count: int, classes: int = 0) -> tuple[Pa
         target.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.randint(0, 256, (8, 8, 3), dtype=np.uint8)).save(target / f"{i}.png")
     return folder / "net.onnx", folder / "imgs"
+
+
+def small_mobile_cnn(seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray]:
+    """Conv-ReLU6 → depthwise Conv-ReLU6 → 1x1 Conv → GAP → Gemm: a tiny stand-in for EfficientNet-Lite."""
+    rng = np.random.RandomState(seed)
+    N = helper.make_node
+    consts = {
+        "w0": rng.randn(8, 3, 3, 3).astype(np.float32) * 0.5, "b0": rng.randn(8).astype(np.float32) * 0.2,
+        "dw": rng.randn(8, 1, 3, 3).astype(np.float32) * 0.5, "dw_b": rng.randn(8).astype(np.float32) * 0.2,
+        "pw": rng.randn(8, 8, 1, 1).astype(np.float32) * 0.3, "fc": rng.randn(10, 8).astype(np.float32),
+        "fc_b": rng.randn(10).astype(np.float32) * 0.1,
+        "zero": np.array(0.0, np.float32), "six": np.array(6.0, np.float32),
+    }
+    nodes = [
+        N("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1], name="stem"),
+        N("Clip", ["c0", "zero", "six"], ["r0"], name="stem_relu6"),
+        N("Conv", ["r0", "dw", "dw_b"], ["c1"], pads=[1, 1, 1, 1], group=8, name="depthwise"),
+        N("Clip", ["c1", "zero", "six"], ["r1"], name="depthwise_relu6"),
+        N("Conv", ["r1", "pw"], ["c2"], name="project"),
+        N("GlobalAveragePool", ["c2"], ["g"]), N("Flatten", ["g"], ["f"]),
+        N("Gemm", ["f", "fc", "fc_b"], ["logits"], transB=1, name="fc"),
+    ]
+    x = rng.randn(4, 3, 8, 8).astype(np.float32) * 2
+    model = make_model(nodes, {"x": x}, ["logits"], consts)
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_param = "N"
+    return model, x

@@ -18,12 +18,13 @@ import torch
 
 from qdrop_onnx.api import quantize
 from qdrop_onnx.data import TensorDataset, input_spec
-from qdrop_onnx.export.qdq import activation_output
+from qdrop_onnx.export.qdq import activation_output, build_qdq_model
 from qdrop_onnx.graph import load_model
 from qdrop_onnx.quant.config import QuantConfig
 from qdrop_onnx.quant.grid import quantize as int_codes
 from qdrop_onnx.verify import make_session
-from tests.helpers import ASSETS, needs_assets
+from qdrop_onnx.verify.coverage import integer_kernel_coverage
+from tests.helpers import ASSETS, needs_assets, small_mobile_cnn
 from tests.test_transformer import encoder_layer
 
 BITS = (8, 6, 4, 3, 2)
@@ -111,6 +112,49 @@ def test_transformer_layer_qdq_matches_torch_at_every_bit_width(fmt: str) -> Non
     calib = rng.randn(32, 6, 16).astype(np.float32)
     x = rng.randn(8, 6, 16).astype(np.float32)
     check_all_bit_widths(model, calib, x, fmt)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "native"])
+def test_relu6_model_qdq_matches_torch_at_every_bit_width(fmt: str) -> None:
+    """ReLU6 outputs quantized below 8 bits: the Clip's range moves into the grid Clip, values unchanged."""
+    model, _ = small_mobile_cnn(seed=2)
+    rng = np.random.RandomState(4)
+    calib = rng.randn(32, 3, 8, 8).astype(np.float32) * 2
+    x = rng.randn(8, 3, 8, 8).astype(np.float32) * 2
+    check_all_bit_widths(model, calib, x, fmt)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_relu6_convs_run_as_integer_kernels_at_every_bit_width(bits: int) -> None:
+    """A float Clip between a Conv and its 4-bit Q kept ORT from fusing the Conv (1 of 4 integer kernels)."""
+    model, _ = small_mobile_cnn()
+    calib = np.random.RandomState(1).randn(32, 3, 8, 8).astype(np.float32) * 2
+    config = QuantConfig(w_bits=bits, a_bits=bits, method="rtn", samples=32, calib_act_samples=32, batch_size=32)
+    result = quantize(model, TensorDataset(calib, input_spec(model)), config)
+    coverage = integer_kernel_coverage(result.model.SerializeToString())
+    # stem, depthwise and fc; the 1x1 conv feeds a float GlobalAveragePool, so nothing quantizes its output.
+    assert (coverage.integer, coverage.total) == (3, 4)
+    relu6 = [n.name for n in result.model.graph.node if n.name.endswith("relu6")]
+    assert relu6 == ([] if bits < 8 else ["stem_relu6", "depthwise_relu6"])
+
+
+def test_relu6_wider_than_a_native_grid_loads_and_keeps_its_range() -> None:
+    """A learned range past 6 keeps the ReLU6 (as Max/Min: ORT 1.32 cannot load Clip→Q with a UINT4 Q)."""
+    model, x = small_mobile_cnn()
+    calib = np.random.RandomState(1).randn(32, 3, 8, 8).astype(np.float32) * 2
+    config = QuantConfig(w_bits=4, a_bits=4, method="rtn", samples=32, calib_act_samples=32, batch_size=32)
+    params = quantize(model, TensorDataset(calib, input_spec(model)), config).params
+    for name in ("r0", "r1"):
+        params.activations[name].scale = np.float32(0.5)  # grid 0..7.5 reaches past the Clip's 6
+    clean = load_model(model).model
+    outputs = {}
+    for fmt in ("int8", "native"):
+        qdq = build_qdq_model(clean, params, fmt)
+        make_session(qdq.SerializeToString(), device="cpu", opt_level="all")  # loads at the default level
+        outputs[fmt] = make_session(qdq.SerializeToString(), device="cpu", opt_level="basic").run(None, {"x": x})[0]
+        ops = [n.op_type for n in qdq.graph.node if n.name.startswith(("stem_relu6", "depthwise_relu6"))]
+        assert ops == ([] if fmt == "int8" else ["Max", "Min", "Max", "Min"])
+    np.testing.assert_allclose(outputs["native"], outputs["int8"], rtol=0, atol=1e-5)
 
 
 @needs_assets

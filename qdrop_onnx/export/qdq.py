@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,16 @@ from qdrop_onnx.export.params import ActivationParams, QuantParams, WeightParams
 from qdrop_onnx.graph.load import default_opset
 
 INT32 = Container(TensorProto.INT32, 32, 13)
+
+
+@dataclass(frozen=True)
+class ClipBounds:
+    """A constant Clip (e.g. ReLU6) whose output is quantized: its node, its input and its range."""
+
+    node: str
+    source: str
+    low: float
+    high: float
 
 
 class ExportError(QdropError):
@@ -59,19 +70,36 @@ def activation_output(ap: ActivationParams, fmt: str) -> str:
     return f"{ap.tensor}/grid_dequantized" if grid else f"{ap.tensor}/dequantized"
 
 
-def _activation_nodes(ap: ActivationParams, fmt: str) -> tuple[list[TensorProto], list[onnx.NodeProto], str]:
+def _grid_range(ap: ActivationParams) -> tuple[np.float32, np.float32]:
+    """The smallest and largest value of ``ap``'s b-bit grid (both grid points)."""
+    lo = np.float32(np.float32(0 - ap.zero_point) * ap.scale)
+    hi = np.float32(np.float32(2**ap.bits - 1 - ap.zero_point) * ap.scale)
+    return lo, hi
+
+
+def _activation_nodes(ap: ActivationParams, fmt: str, clip: ClipBounds | None = None,
+                      ) -> tuple[list[TensorProto], list[onnx.NodeProto], str]:
+    """Q → DQ (→ Clip → Q → DQ for a b-bit grid in a wider container) for ``ap``.
+
+    With ``clip`` (the Clip that produced ``ap.tensor``, see ``_absorbable_clip``) the Q reads the Clip's
+    input and the grid's own saturation applies the Clip's range: the same values, without a float Clip
+    between the producer and its Q.
+    """
     container = activation_container(ap.bits, fmt)
     t = ap.tensor
     scale, zp = f"{t}/scale", f"{t}/zero_point"
     inits = [_float(scale, ap.scale), int_tensor(zp, np.asarray(ap.zero_point), container)]
-    nodes = [helper.make_node("QuantizeLinear", [t, scale, zp], [f"{t}/quantized"], name=f"{t}/QuantizeLinear"),
+    source = clip.source if clip is not None else t
+    nodes = [helper.make_node("QuantizeLinear", [source, scale, zp], [f"{t}/quantized"], name=f"{t}/QuantizeLinear"),
              helper.make_node("DequantizeLinear", [f"{t}/quantized", scale, zp], [f"{t}/dequantized"],
                               name=f"{t}/DequantizeLinear")]
     out = f"{t}/dequantized"
     if ap.bits < container.bits:
-        # Saturate to the b-bit grid inside the 8-bit container; the bounds are exact grid points.
-        lo = np.float32(np.float32(0 - ap.zero_point) * ap.scale)
-        hi = np.float32(np.float32(2**ap.bits - 1 - ap.zero_point) * ap.scale)
+        # Saturate to the b-bit grid inside the 8-bit container (bounds: grid points, or an absorbed Clip's).
+        lo, hi = _grid_range(ap)
+        if clip is not None:
+            # Q(clip(v, a, b)) for a grid value v equals the grid-saturated Q(clip(x, a, b)): exact.
+            lo, hi = np.float32(max(lo, clip.low)), np.float32(min(hi, clip.high))
         inits += [_float(f"{t}/clip_min", lo), _float(f"{t}/clip_max", hi)]
         nodes += [helper.make_node("Clip", [out, f"{t}/clip_min", f"{t}/clip_max"], [f"{t}/clipped"],
                                    name=f"{t}/Clip"),
@@ -82,6 +110,65 @@ def _activation_nodes(ap: ActivationParams, fmt: str) -> tuple[list[TensorProto]
         out = f"{t}/grid_dequantized"
     assert out == activation_output(ap, fmt)
     return inits, nodes, out
+
+
+def _constant(graph: onnx.GraphProto, name: str) -> float | None:
+    for t in graph.initializer:
+        if t.name == name:
+            value = numpy_helper.to_array(t)
+            return float(value) if value.size == 1 else None
+    return None
+
+
+def _producing_clip(graph: onnx.GraphProto, ap: ActivationParams, quantized: set[str]) -> ClipBounds | None:
+    """The Clip with constant bounds that produces ``ap.tensor`` and only feeds its quantizer, if any."""
+    node = next((n for n in graph.node if ap.tensor in n.output), None)
+    if node is None or node.op_type != "Clip" or len(node.input) < 2:
+        return None
+    if node.input[0] in quantized or ap.tensor in {o.name for o in graph.output}:
+        return None
+    low = _constant(graph, node.input[1]) if node.input[1] else -np.inf
+    high = _constant(graph, node.input[2]) if len(node.input) > 2 and node.input[2] else np.inf
+    if low is None or high is None or not low <= high:
+        return None
+    return ClipBounds(node.name, node.input[0], low, high)
+
+
+def _absorbable_clip(graph: onnx.GraphProto, ap: ActivationParams, fmt: str,
+                     quantized: set[str]) -> ClipBounds | None:
+    """The Clip producing ``ap.tensor`` if its quantizer can apply its range itself (then it is dropped).
+
+    Why: ORT drops a Clip before a QuantizeLinear only when the Q's *container* range (0..255 here) lies
+    inside the Clip's, which a 4-bit grid in an 8-bit container never does; the Clip then sits between a
+    Conv and its Q and the Conv runs in float (EfficientNet-Lite's ReLU6 at W4A4: 17 of 50 integer
+    kernels). A grid Clip takes over any range; a native INT4/INT2 Q, which saturates at its grid, only
+    a range that holds the whole grid.
+    """
+    clip = _producing_clip(graph, ap, quantized)
+    if clip is None:
+        return None
+    if ap.bits < activation_container(ap.bits, fmt).bits:
+        return clip
+    lo, hi = _grid_range(ap)
+    return clip if ap.bits < 8 and clip.low <= lo and hi <= clip.high else None
+
+
+def _min_max(clip: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """``clip`` as Max then Min: the same values, in ops ORT 1.32 does not fold into a following Q.
+
+    ORT's Clip→QuantizeLinear fusion fails to load a model whose Q has an INT4/UINT4/INT2/UINT2 zero point
+    ("Unexpected data type for QuantizeLinear input y_zero_point"), so a Clip must not feed such a Q.
+    """
+    x, nodes = clip.input[0], []
+    for op, bound in (("Max", clip.input[1]), ("Min", clip.input[2] if len(clip.input) > 2 else "")):
+        if bound:
+            nodes.append(helper.make_node(op, [x, bound], [f"{clip.name}/{op}"], name=f"{clip.name}/{op}"))
+            x = nodes[-1].output[0]
+    if nodes:
+        nodes[-1].output[0] = clip.output[0]
+    else:
+        nodes.append(helper.make_node("Identity", [x], [clip.output[0]], name=clip.name))
+    return nodes
 
 
 def _required_opset(params: QuantParams, fmt: str) -> int:
@@ -126,8 +213,15 @@ def build_qdq_model(model: onnx.ModelProto, params: QuantParams, fmt: str = "int
             node.input[2] = b_out
 
     rename: dict[str, str] = {}
+    absorbed: set[str] = set()  # Clip nodes whose range their quantizer now applies
+    split: set[str] = set()  # Clip nodes written as Max/Min (they feed a sub-byte native Q)
     for ap in params.activations.values():
-        inits, nodes, final = _activation_nodes(ap, fmt)
+        clip = _absorbable_clip(graph, ap, fmt, set(params.activations))
+        if clip is not None:
+            absorbed.add(clip.node)
+        elif activation_container(ap.bits, fmt).bits < 8 and ap.tensor in producer:
+            split.add(producer[ap.tensor])
+        inits, nodes, final = _activation_nodes(ap, fmt, clip)
         graph.initializer.extend(inits)
         if ap.tensor in producer:
             after.setdefault(producer[ap.tensor], []).extend(nodes)
@@ -141,7 +235,10 @@ def build_qdq_model(model: onnx.ModelProto, params: QuantParams, fmt: str = "int
                 node.input[i] = rename[name]
     ordered = list(front)
     for node in graph.node:
-        ordered.append(node)
+        if node.name in split and node.op_type == "Clip":
+            ordered += _min_max(node)
+        elif node.name not in absorbed:
+            ordered.append(node)
         ordered += after.get(node.name, [])
     del graph.node[:]
     graph.node.extend(ordered)
