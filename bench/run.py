@@ -41,6 +41,7 @@ from bench import summary
 from bench.common import ASSETS, BITS, MODELS, RESULTS, ROOT, bit_plan, bits_label, prepare, score_file
 from bench.peer_envs import PEERS
 from bench.peer_envs import status as peer_status
+from qdrop_onnx.errors import first_line
 from qdrop_onnx.fileio import write_atomic
 
 ORT_METHODS = ("minmax", "entropy", "percentile")
@@ -179,7 +180,10 @@ def measure(job: Job, ctx: Context) -> dict[str, object]:
         else:
             row = quantize_job(job, ctx, tmp)
         if "file" in row:
-            row.update(score_file(Path(str(row.pop("file"))), job.model))
+            try:
+                row.update(score_file(Path(str(row.pop("file"))), job.model))
+            except Exception as exc:  # a file ORT cannot load or run: a failed row, not a lost invocation
+                row.update(status="failed", reason=f"scoring the file: {first_line(exc)}")
     return {**asdict(job), **row, "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": ctx.meta}
 
 

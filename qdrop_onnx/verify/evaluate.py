@@ -33,10 +33,13 @@ def providers_for(device: str = "auto") -> list[str]:
 
 # ONNX Runtime 1.32's QDQ selector fuses sub-byte (INT4/UINT4/INT2/UINT2) Q/DQ pairs into kernels that
 # reject those types ("Type 'tensor(uint2)' ... of operator (QLinearConv) is invalid"). Without it such
-# models run as float DQ -> op, with results identical to ORT_ENABLE_BASIC.
+# models run as float DQ -> op, with results identical to ORT_ENABLE_BASIC. Its Clip -> QuantizeLinear
+# rewrite fails to load any model with a Clip feeding a sub-byte Q ("Unexpected data type for
+# QuantizeLinear input y_zero_point"): qdrop-onnx's own files avoid that pattern, other tools' (AIMET's
+# W4A4 EfficientNet-Lite) have it.
 SUB_BYTE_TYPES = frozenset({onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.INT2,
                             onnx.TensorProto.UINT2})
-SUB_BYTE_WORKAROUND = ["QDQSelectorActionTransformer"]
+SUB_BYTE_WORKAROUND = ["QDQSelectorActionTransformer", "ClipQuantRewrite"]
 
 
 def has_sub_byte_tensors(model: str | Path | bytes | onnx.ModelProto) -> bool:
@@ -54,7 +57,8 @@ def make_session(model: str | Path | bytes, *, device: str = "auto", opt_level: 
 
     ``threads`` caps ONNX Runtime's intra-op threads (0: its default, one per core).
 
-    Models with 4-/2-bit tensors get ``QDQSelectorActionTransformer`` disabled (see SUB_BYTE_WORKAROUND).
+    Models with 4-/2-bit tensors get ``QDQSelectorActionTransformer`` and ``ClipQuantRewrite`` disabled
+    (see SUB_BYTE_WORKAROUND).
     """
     disabled = SUB_BYTE_WORKAROUND if opt_level in ("extended", "all") and has_sub_byte_tensors(model) else []
     options = ort.SessionOptions()
