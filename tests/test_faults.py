@@ -45,7 +45,8 @@ def _start(model: Path, imgs: Path, out: Path, *extra: object) -> subprocess.Pop
     return subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600.0) -> None:
+    # A safety net, not a speed check: on a loaded 2-core machine the first block took over 120 s.
     deadline = time.monotonic() + timeout
     while not path.exists():
         assert proc.poll() is None, proc.communicate()
