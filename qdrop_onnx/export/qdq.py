@@ -112,45 +112,33 @@ def _activation_nodes(ap: ActivationParams, fmt: str, clip: ClipBounds | None = 
     return inits, nodes, out
 
 
-def _constant(graph: onnx.GraphProto, name: str) -> float | None:
-    for t in graph.initializer:
-        if t.name == name:
-            value = numpy_helper.to_array(t)
-            return float(value) if value.size == 1 else None
-    return None
-
-
-def _producing_clip(graph: onnx.GraphProto, ap: ActivationParams, quantized: set[str]) -> ClipBounds | None:
-    """The Clip with constant bounds that produces ``ap.tensor`` and only feeds its quantizer, if any."""
-    node = next((n for n in graph.node if ap.tensor in n.output), None)
-    if node is None or node.op_type != "Clip" or len(node.input) < 2:
-        return None
-    if node.input[0] in quantized or ap.tensor in {o.name for o in graph.output}:
-        return None
-    low = _constant(graph, node.input[1]) if node.input[1] else -np.inf
-    high = _constant(graph, node.input[2]) if len(node.input) > 2 and node.input[2] else np.inf
-    if low is None or high is None or not low <= high:
-        return None
-    return ClipBounds(node.name, node.input[0], low, high)
-
-
-def _absorbable_clip(graph: onnx.GraphProto, ap: ActivationParams, fmt: str,
-                     quantized: set[str]) -> ClipBounds | None:
-    """The Clip producing ``ap.tensor`` if its quantizer can apply its range itself (then it is dropped).
+def _absorbable_clip(clip: onnx.NodeProto, ap: ActivationParams, fmt: str, constants: dict[str, TensorProto],
+                     quantized: set[str], outputs: set[str]) -> ClipBounds | None:
+    """``clip`` (the node producing ``ap.tensor``) if ``ap``'s quantizer can apply its range itself.
 
     Why: ORT drops a Clip before a QuantizeLinear only when the Q's *container* range (0..255 here) lies
     inside the Clip's, which a 4-bit grid in an 8-bit container never does; the Clip then sits between a
     Conv and its Q and the Conv runs in float (EfficientNet-Lite's ReLU6 at W4A4: 17 of 50 integer
-    kernels). A grid Clip takes over any range; a native INT4/INT2 Q, which saturates at its grid, only
-    a range that holds the whole grid.
+    kernels). A grid Clip takes over any constant range; a native INT4/INT2 Q, which saturates at its
+    grid, only a range that holds the whole grid. Not when the Clip's input is itself quantized or its
+    output is a graph output.
     """
-    clip = _producing_clip(graph, ap, quantized)
-    if clip is None:
+    if len(clip.input) < 2 or clip.input[0] in quantized or ap.tensor in outputs:
         return None
-    if ap.bits < activation_container(ap.bits, fmt).bits:
-        return clip
+    bounds = []
+    for name, default in ((clip.input[1], -np.inf), (clip.input[2] if len(clip.input) > 2 else "", np.inf)):
+        value = numpy_helper.to_array(constants[name]) if name in constants else None
+        if name and (value is None or value.size != 1):
+            return None  # a bound computed at run time, or not a scalar
+        bounds.append(float(value) if name else default)
+    low, high = bounds
+    if not low <= high:
+        return None
     lo, hi = _grid_range(ap)
-    return clip if ap.bits < 8 and clip.low <= lo and hi <= clip.high else None
+    grid_clip = ap.bits < activation_container(ap.bits, fmt).bits
+    if grid_clip or (ap.bits < 8 and low <= lo and hi <= high):
+        return ClipBounds(clip.name, clip.input[0], low, high)
+    return None
 
 
 def _min_max(clip: onnx.NodeProto) -> list[onnx.NodeProto]:
@@ -215,12 +203,17 @@ def build_qdq_model(model: onnx.ModelProto, params: QuantParams, fmt: str = "int
     rename: dict[str, str] = {}
     absorbed: set[str] = set()  # Clip nodes whose range their quantizer now applies
     split: set[str] = set()  # Clip nodes written as Max/Min (they feed a sub-byte native Q)
+    constants = {t.name: t for t in graph.initializer}  # Clip bounds are initializers of the clean model
+    quantized, outputs = set(params.activations), {o.name for o in graph.output}
     for ap in params.activations.values():
-        clip = _absorbable_clip(graph, ap, fmt, set(params.activations))
-        if clip is not None:
-            absorbed.add(clip.node)
-        elif activation_container(ap.bits, fmt).bits < 8 and ap.tensor in producer:
-            split.add(producer[ap.tensor])
+        node = by_name.get(producer.get(ap.tensor, ""))
+        clip = None
+        if node is not None and node.op_type == "Clip":
+            clip = _absorbable_clip(node, ap, fmt, constants, quantized, outputs)
+            if clip is not None:
+                absorbed.add(clip.node)
+            elif activation_container(ap.bits, fmt).bits < 8:
+                split.add(node.name)
         inits, nodes, final = _activation_nodes(ap, fmt, clip)
         graph.initializer.extend(inits)
         if ap.tensor in producer:
@@ -235,7 +228,7 @@ def build_qdq_model(model: onnx.ModelProto, params: QuantParams, fmt: str = "int
                 node.input[i] = rename[name]
     ordered = list(front)
     for node in graph.node:
-        if node.name in split and node.op_type == "Clip":
+        if node.name in split:
             ordered += _min_max(node)
         elif node.name not in absorbed:
             ordered.append(node)
