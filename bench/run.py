@@ -179,12 +179,25 @@ def measure(job: Job, ctx: Context) -> dict[str, object]:
             row = {"status": "absent", "reason": "quantize_static has 4-, 8- and 16-bit integer types only"}
         else:
             row = quantize_job(job, ctx, tmp)
-        if "file" in row:
-            try:
-                row.update(score_file(Path(str(row.pop("file"))), job.model))
-            except Exception as exc:  # a file ORT cannot load or run: a failed row, not a lost invocation
-                row.update(status="failed", reason=f"scoring the file: {first_line(exc)}")
+        row = scored(row, job.model)
     return {**asdict(job), **row, "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": ctx.meta}
+
+
+def scored(row: dict[str, object], model: str) -> dict[str, object]:
+    """The row with its written file (row["file"]) replaced by that file's scores; a row without a file as is.
+
+    A file ONNX Runtime cannot load or run makes a 'failed' row with the reason, so one bad file from a peer
+    does not end the invocation and lose the rows still to run.
+    """
+    if "file" not in row:
+        return row
+    row = dict(row)
+    path = Path(str(row.pop("file")))
+    try:
+        row.update(score_file(path, model))
+    except Exception as exc:
+        row.update(status="failed", reason=f"scoring the file: {first_line(exc)}")
+    return row
 
 
 def baseline(model: str, ctx: Context) -> dict[str, float | None]:

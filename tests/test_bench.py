@@ -18,7 +18,7 @@ import pytest
 from bench import summary
 from bench.common import MODELS, bit_plan, prepare
 from bench.jobs import CalibReader, run_ort
-from bench.run import Job, job_for, plan_jobs, run_process
+from bench.run import Job, job_for, plan_jobs, run_process, scored
 from tests.helpers import needs_assets
 
 
@@ -44,6 +44,25 @@ def test_run_process_reports_the_childs_own_peak_rss(tmp_path: Path) -> None:
     assert code == 3
     assert 300 <= rss_mb < 600  # the 300 MB array plus the interpreter, not this (pytest) process
     assert seconds > 0
+
+
+@needs_assets
+def test_a_file_onnx_runtime_cannot_load_is_a_failed_row_with_the_reason(tmp_path: Path) -> None:
+    # A peer's file ORT refuses (as AIMET's EfficientNet W4A4 file once was) must not end the whole invocation.
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("NoSuchOp", ["x"], ["y"], domain="com.example")], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 10])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17),
+                                                         onnx.helper.make_opsetid("com.example", 1)])
+    path = tmp_path / "peer.onnx"
+    onnx.save(model, path)
+    row = scored({"status": "ok", "seconds": 12.5, "file": str(path)}, "resnet20_cifar10")
+    assert row["status"] == "failed" and row["seconds"] == 12.5 and "file" not in row
+    assert str(row["reason"]).startswith("scoring the file: ONNX Runtime cannot load the model: ")
+    assert "com.example:NoSuchOp" in str(row["reason"])
+    assert scored({"status": "absent", "reason": "no 3-bit type"}, "resnet20_cifar10") == {
+        "status": "absent", "reason": "no 3-bit type"}  # no file: nothing to score
 
 
 def _row(tool: str, method: str, w: int, a: int, top1: float, **extra: object) -> dict:
