@@ -112,6 +112,17 @@ def _activation_nodes(ap: ActivationParams, fmt: str, clip: ClipBounds | None = 
     return inits, nodes, out
 
 
+def _clip_bound(name: str, default: float, constants: dict[str, TensorProto]) -> float | None:
+    """One bound of a Clip: ``default`` when the input is omitted, its value when a scalar initializer, and
+    None when it is computed at run time or not a scalar (then the Clip cannot be folded)."""
+    if not name:
+        return default
+    if name not in constants:
+        return None
+    value = numpy_helper.to_array(constants[name])
+    return float(value) if value.size == 1 else None
+
+
 def _absorbable_clip(clip: onnx.NodeProto, ap: ActivationParams, fmt: str, constants: dict[str, TensorProto],
                      quantized: set[str], outputs: set[str]) -> ClipBounds | None:
     """``clip`` (the node producing ``ap.tensor``) if ``ap``'s quantizer can apply its range itself.
@@ -125,14 +136,9 @@ def _absorbable_clip(clip: onnx.NodeProto, ap: ActivationParams, fmt: str, const
     """
     if len(clip.input) < 2 or clip.input[0] in quantized or ap.tensor in outputs:
         return None
-    bounds = []
-    for name, default in ((clip.input[1], -np.inf), (clip.input[2] if len(clip.input) > 2 else "", np.inf)):
-        value = numpy_helper.to_array(constants[name]) if name in constants else None
-        if name and (value is None or value.size != 1):
-            return None  # a bound computed at run time, or not a scalar
-        bounds.append(float(value) if name else default)
-    low, high = bounds
-    if not low <= high:
+    low = _clip_bound(clip.input[1], -np.inf, constants)
+    high = _clip_bound(clip.input[2] if len(clip.input) > 2 else "", np.inf, constants)
+    if low is None or high is None or not low <= high:
         return None
     lo, hi = _grid_range(ap)
     grid_clip = ap.bits < activation_container(ap.bits, fmt).bits
