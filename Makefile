@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # The CPU build of torch: a bare or open-ended torch requirement would pull a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install test lint bench bench-quick demo clean
+.PHONY: install test lint floors bench bench-quick demo clean
 
 install: $(STAMP)
 
@@ -21,6 +21,21 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# The declared minimum versions (pyproject.toml's '>=' floors, read by .ci/floors.py) in a throwaway venv,
+# running a quick subset: the loader, every op's parity with ONNX Runtime, one RTN quantize through the CLI.
+FLOOR_VENV  := .venv-floors
+FLOOR_TESTS := tests/test_load.py tests/test_ops.py tests/test_qdq_parity.py::test_relu6_model_qdq_matches_torch_at_every_bit_width \
+               tests/test_cli_reports.py::test_rtn_report_has_one_panel_and_no_report_flag
+floors:
+	rm -rf $(FLOOR_VENV)
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/pip install --quiet --disable-pip-version-check $(TORCH_PIN)
+	$(FLOOR_VENV)/bin/pip install --quiet --disable-pip-version-check $$($(PYTHON) .ci/floors.py) pytest hypothesis
+	$(FLOOR_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(FLOOR_VENV)/bin/python -c "import importlib.metadata as m; print('floors:', *(f'{p}=={m.version(p)}' \
+	    for p in ('onnx', 'onnxruntime', 'torch', 'numpy', 'protobuf')))"
+	$(FLOOR_VENV)/bin/pytest -q -p no:cacheprovider $(FLOOR_TESTS)
 
 # Benchmarks against ONNX Runtime, AIMET and Quark on ../shared/assets (README "Benchmarks"). Peers install
 # into bench/venvs/ on first use. ITERS=N sets the reconstruction budget; BENCH_ARGS passes anything else.
@@ -42,4 +57,4 @@ demo: install
 	$(BIN)/python -m models.demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache models/build bench/work
+	rm -rf $(VENV) $(FLOOR_VENV) build *.egg-info .pytest_cache .ruff_cache models/build bench/work

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -191,8 +191,9 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
         bad = int((~torch.isfinite(samples)).reshape(len(samples), -1).any(1).sum())
         raise DataError(f"{bad} calibration sample{'s' if bad > 1 else ''} contain NaN or Inf values")
     if len(samples) < wanted:
-        log.warning("the calibration data has %d readable samples, fewer than the %d asked for (--samples): "
-                    "using %d", len(samples), wanted, len(samples))
+        flag = "--samples" if wanted == config.samples else "--calib-act-samples"
+        log.warning("the calibration data has %d readable samples, fewer than the %d asked for (%s): using %d",
+                    len(samples), wanted, flag, len(samples))
     sim.calibrate(x.to(dev) for x in samples[:act_samples].split(config.batch_size))
     timings["calibrate"] = time.perf_counter() - t
     records: list[BlockRecord] = []
@@ -303,7 +304,7 @@ def build_report(result: QuantResult, model: str | Path, verification: Verificat
         coverage = {"integer": cov.integer, "float": cov.float, "fraction": cov.fraction}
     return QuantReport(
         tool="qdrop-onnx", version=tool_version,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         input={"path": str(model), "bytes": Path(model).stat().st_size},
         output={"path": str(out), "bytes": out.stat().st_size if out is not None else 0},
         config={**asdict(result.config), "device": result.device},
