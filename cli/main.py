@@ -1,7 +1,8 @@
 """``qdrop-onnx`` command line. Thin: parse flags, call the library, print.
 
-Exit codes: 0 success; 1 the input could not be processed (bad model, unsupported ops, bad data — one
-line on stderr starting with ``qdrop-onnx: error:``); 2 usage error (bad flag, missing path).
+Exit codes: 0 success; 1 the input could not be processed (bad model, unsupported ops, bad data, out of
+memory, a failed write — one line on stderr starting with ``qdrop-onnx: error:``, never a traceback);
+2 usage error (bad flag, missing path).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import click
 
-from qdrop_onnx.errors import QdropError, UnsupportedModelError
+from qdrop_onnx.errors import QdropError, UnsupportedModelError, first_line
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -67,9 +68,32 @@ class OneLineErrors(click.Group):
             _fail("aborted", EXIT_SIGINT)
         except QdropError as exc:
             _fail(str(exc), EXIT_FAILURE)
+        except MemoryError:
+            _fail(f"out of memory; {_LESS_MEMORY}", EXIT_FAILURE)
+        except OSError as exc:  # our own writes raise OutputError; this is a read or write we did not foresee
+            where = f" ({exc.filename})" if exc.filename else ""
+            _fail(f"{exc.strerror or first_line(exc)}{where}", EXIT_FAILURE)
+        except Exception as exc:
+            if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA), without importing torch
+                _fail(f"out of GPU memory; {_LESS_MEMORY}, or --device cpu", EXIT_FAILURE)
+            _fail(f"internal error, {type(exc).__name__}: {first_line(exc)} (traceback in {_save_traceback()}; "
+                  "please report it with the command that caused it)", EXIT_FAILURE)
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv
+
+
+_LESS_MEMORY = "try --cache-fp16, a smaller --max-cache-gb, --batch-size or --samples"
+
+
+def _save_traceback() -> str:
+    """Write the current exception's traceback to a file and return its path (the user sees one line)."""
+    import tempfile
+    import traceback
+
+    with tempfile.NamedTemporaryFile("w", prefix="qdrop-onnx-traceback-", suffix=".txt", delete=False) as f:
+        f.write(f"qdrop-onnx {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    return f.name
 
 
 class _WarningFormatter(logging.Formatter):

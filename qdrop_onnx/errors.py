@@ -1,8 +1,9 @@
 """Error types that the tool reports to users as one line.
 
 Everything a user can cause (a bad path, a corrupt model, an op we cannot rebuild, an empty data folder)
-raises a subclass of :class:`QdropError`. The CLI prints ``str(error)`` on one line and exits 1; any other
-exception is a bug in the tool and is allowed to show its traceback.
+raises a subclass of :class:`QdropError`. The CLI prints ``str(error)`` on one line and exits 1. Anything
+else (out of memory, a failed write, a bug in the tool) is one line and exit 1 there too; for a bug the
+traceback goes to a file the line names, so nothing is lost.
 """
 
 
@@ -33,3 +34,7 @@ class UnsupportedModelError(QdropError):
 
 class DataError(QdropError):
     """Calibration or evaluation data is missing, empty or does not fit the model."""
+
+
+class OutputError(QdropError):
+    """An output file (model, report, checkpoint) could not be written: disk full, file too large, no folder."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from tests.helpers import make_model, small_cnn
+from tests.helpers import make_model, small_cnn, small_cnn_and_images
 
 CLI = str(Path(sys.executable).parent / "qdrop-onnx")
 
@@ -116,3 +118,38 @@ def test_help_lists_commands_and_exit_codes() -> None:
     assert proc.returncode == 0
     for word in ("inspect", "eval", "Exit codes"):
         assert word in proc.stdout
+
+
+def test_corrupt_npz_is_one_line(tmp_path: Path, model_file: Path) -> None:
+    bad = tmp_path / "calib.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip archive")
+    out = tmp_path / "q.onnx"
+    assert_one_line_error(run_cli("quantize", model_file, "--calib", bad, "--method", "rtn", "-o", out), 1,
+                          f"cannot read tensors from {bad}: File is not a zip file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "net.onnx"]  # nothing written
+
+
+def _file_size_limit(limit: int) -> None:
+    """In the child: writes past ``limit`` bytes fail with EFBIG (a full disk, as far as the tool can tell)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_failed_write_is_one_line_and_leaves_no_file(tmp_path: Path) -> None:
+    model, images = small_cnn_and_images(tmp_path, 12, classes=2)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "q.onnx"
+    proc = subprocess.run([CLI, "quantize", str(model), "--calib", str(images), "--method", "rtn", "-o", str(out)],
+                          capture_output=True, text=True, timeout=300, preexec_fn=lambda: _file_size_limit(1000))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"qdrop-onnx: error: cannot write {out}: File too large"
+    assert "Traceback" not in proc.stderr
+    assert list(out_dir.iterdir()) == []  # no half-written model, no temporary file
+    # A report that cannot be written: the same one line, and no half-written report file either.
+    proc = subprocess.run([CLI, "quantize", str(model), "--calib", str(images), "--method", "rtn", "-o", str(out)],
+                          capture_output=True, text=True, timeout=300, preexec_fn=lambda: _file_size_limit(6000))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"qdrop-onnx: error: cannot write {out_dir / 'q.report.png'}: "
+                                                    "File too large")
+    assert sorted(p.name for p in out_dir.iterdir()) == ["q.onnx", "q.report.json", "q.report.md"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from qdrop_onnx.data.source import InputSpec
-from qdrop_onnx.errors import DataError
+from qdrop_onnx.errors import DataError, first_line
 
 TENSOR_SUFFIXES = (".npy", ".npz")
 
@@ -23,17 +23,20 @@ def is_tensor_source(path: Path) -> bool:
 
 def _arrays_in(path: Path, spec: InputSpec) -> list[np.ndarray]:
     try:
-        if path.suffix.lower() == ".npy":
-            return [np.load(path, allow_pickle=False)]
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)  # an ndarray, or an NpzFile for a zip (whatever the suffix)
+        if isinstance(loaded, np.ndarray):
+            return [loaded]
+        with loaded as archive:
             if spec.name in archive.files:
                 return [archive[spec.name]]
             if len(archive.files) == 1:
                 return [archive[archive.files[0]]]
             raise DataError(f"{path} holds {len(archive.files)} arrays and none is named {spec.name!r} "
                             "(the model input)")
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read tensors from {path}: {exc}") from None
+    except DataError:
+        raise
+    except Exception as exc:  # np.load raises BadZipFile, EOFError, ValueError, OSError, ... on corrupt files
+        raise DataError(f"cannot read tensors from {path}: {first_line(exc)}") from None
 
 
 class TensorDataset:
@@ -50,6 +53,10 @@ class TensorDataset:
             files = [path] if path.is_file() else sorted(p for p in path.iterdir()
                                                          if p.suffix.lower() in TENSOR_SUFFIXES)
             arrays = [a for f in files for a in _arrays_in(f, spec)]
+        for array in arrays:
+            if array.dtype.kind not in "biuf":  # bool, int, uint, float: what a model input can take
+                raise DataError(f"tensors in {path} have dtype {array.dtype}; the model input {spec.name} takes "
+                                f"{np.dtype(spec.dtype)}")
         rank = len(spec.dims)
         fixed = [a if a.ndim == rank else a[None] if a.ndim == rank - 1 else None for a in arrays]
         if any(a is None for a in fixed):
