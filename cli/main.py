@@ -293,9 +293,9 @@ class QuantizeCommand(GroupedOptionsCommand):
     SECTIONS = (
         ("Input and output", ("calib", "output", "config_file", "report", "no_report")),
         ("Quantization", ("w_bits", "a_bits", "method", "format", "weight_asymmetric", "quantize_first_last",
-                          "residual_bits", "exclude", "act_init", "reduce_range")),
-        ("Reconstruction", ("iters", "samples", "batch_size", "drop_prob", "reg_weight", "round_lr", "cache_fp16",
-                            "max_cache_gb", "seed", "device", "checkpoint_dir", "resume")),
+                          "first_last_bits", "residual_bits", "exclude", "act_init", "lp_norm", "reduce_range")),
+        ("Reconstruction", ("iters", "samples", "calib_act_samples", "batch_size", "drop_prob", "reg_weight",
+                            "round_lr", "cache_fp16", "max_cache_gb", "seed", "device", "checkpoint_dir", "resume")),
         ("Calibration images", ("preset", "mean", "std", "size", "resize")),
         ("Verification", ("eval_data", "classes", "eval_limit")),
         ("Output on the terminal", ("quiet", "json_out", "help")),
@@ -393,20 +393,28 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
 @click.option("--weight-asymmetric", is_flag=True, default=None, help="Asymmetric per-channel weights (the paper's).")
 @click.option("--quantize-first-last", is_flag=True, default=None,
               help="Quantize the first and last weighted layers at --w/--a too (default: 8-bit).")
+@click.option("--first-last-bits", type=click.IntRange(2, 8), default=None,
+              help="Bits of the first and last weighted layers (weights and input) unless --quantize-first-last. "
+                   "[default: 8]")
 @click.option("--residual-bits", type=click.IntRange(2, 8), default=None,
               help="Bits of a conv output that feeds a residual Add (lets runtimes fuse integer convs/adds). "
                    "[default: 8]")
 @click.option("--exclude", multiple=True, help="Keep this weighted node in float (repeatable; see `inspect`).")
 @click.option("--act-init", type=click.Choice(["minmax", "percentile", "mse"]), default=None,
               help="Activation range initialisation. [default: mse]")
+@click.option("--lp-norm", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="p of the ||W - Q(W)||_p clipping search for weight scales. [default: 2.4]")
 @click.option("--reduce-range", is_flag=True, default=None,
               help="7-bit weights for 8-bit layers: exact in ORT's int8 kernels on CPUs without VNNI.")
 @click.option("--samples", type=click.IntRange(min=1), default=None, help="Calibration samples to use. [default: 1024]")
+@click.option("--calib-act-samples", type=click.IntRange(min=1), default=None,
+              help="Calibration samples that initialise the activation ranges (at most --samples). [default: 256]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 32]")
 @click.option("--seed", type=int, default=None, help="[default: 0]")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="TOML/YAML/JSON file with any of the quantization/reconstruction settings (keys as the flag "
-                   "names, e.g. w_bits, drop_prob); flags given override it.")
+              help="TOML/YAML/JSON file with quantization and reconstruction settings: keys are the long flag "
+                   "names of the Quantization and Reconstruction sections with underscores (w_bits for --w, "
+                   "a_bits for --a, drop_prob); not --device, --checkpoint or --resume. Flags given override it.")
 @click.option("--preset", type=click.Choice(["cifar10", "imagenet", "tf"]), default=None,
               help="Image preprocessing preset (see `eval --help`).")
 @click.option("--mean", type=float, nargs=3, default=None, help="Per-channel mean, 0-255 pixel units.")
@@ -469,6 +477,10 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
     report_base = None if no_report else Path(report) if report else out.with_name(out.stem + ".report")
     if report_base is not None and Path(model).resolve() in {p.resolve() for p in report_paths(report_base).values()}:
         raise click.UsageError("--report would overwrite the input model")
+    if report_base is not None and not report_base.parent.is_dir():
+        raise click.UsageError(f"--report folder {report_base.parent} does not exist")
+    if report_base is not None and report_base.parent.resolve() != out.parent.resolve():
+        _check_writable(report_base.parent)
 
     progress = BlockProgress(config.iters, lines=not (quiet or json_out),
                              bars=not (quiet or json_out) and sys.stderr.isatty() and sys.stdout.isatty())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import helper
 
 from qdrop_onnx.graph import load_model, lower
 from qdrop_onnx.quant import ActivationQuantizer, IntGrid, QuantConfig, WeightQuantizer, plan_quantization
@@ -120,7 +120,23 @@ def test_config_files_and_validation(tmp_path) -> None:
     (tmp_path / "bad.toml").write_text("w_bits = [")
     with pytest.raises(ConfigError, match="cannot parse config file"):
         read_config_file(tmp_path / "bad.toml")
-    assert TensorProto.INT4  # the native format's types exist in this onnx
+
+
+def test_every_setting_is_a_flag_that_errors_name_correctly() -> None:
+    """Config errors name a flag (`flag_name`): each QuantConfig field must have exactly that quantize flag."""
+    import dataclasses
+
+    from cli.main import quantize as quantize_command
+    from qdrop_onnx.quant.config import flag_name
+
+    flags = {opt for p in quantize_command.params for opt in p.opts}
+    missing = [f.name for f in dataclasses.fields(QuantConfig) if flag_name(f.name) not in flags]
+    assert missing == []
+    for bad, message in ((QuantConfig(first_last_bits=1), "--first-last-bits must be an integer bit width"),
+                         (QuantConfig(calib_act_samples=0), "--calib-act-samples must be a positive integer"),
+                         (QuantConfig(lp_norm=0), "--lp-norm must be positive")):
+        with pytest.raises(ConfigError, match=message):
+            bad.validate()
 
 
 @pytest.mark.parametrize("dropped", [False, True])

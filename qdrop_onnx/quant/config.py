@@ -25,7 +25,8 @@ class ConfigError(QdropError):
 
 @dataclass
 class QuantConfig:
-    """How to quantize a model. Every field has a CLI flag of the same name (dashes for underscores)."""
+    """How to quantize a model. Every field has a CLI flag of the same name with dashes for underscores
+    (``w_bits`` is ``--w``, ``a_bits`` is ``--a``): :func:`flag_name` says which, for error messages."""
 
     w_bits: int = 4
     a_bits: int = 4
@@ -54,11 +55,10 @@ class QuantConfig:
         for name in ("w_bits", "a_bits", "first_last_bits", "residual_bits"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 2 <= value <= 8:
-                flag = {"w_bits": "--w", "a_bits": "--a"}.get(name, "--" + name.replace("_", "-"))
-                raise ConfigError(f"{flag} must be an integer bit width from 2 to 8, got {value!r}")
+                raise ConfigError(f"{flag_name(name)} must be an integer bit width from 2 to 8, got {value!r}")
         for name, allowed in (("method", METHODS), ("format", FORMATS), ("act_init", ACT_INITS)):
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                raise ConfigError(f"{flag_name(name)} must be one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
         if not 0.0 <= self.drop_prob <= 1.0:
             raise ConfigError(f"--drop-prob must be between 0 and 1, got {self.drop_prob}")
@@ -68,7 +68,7 @@ class QuantConfig:
             raise ConfigError("--round-lr must be positive")
         for name in ("samples", "calib_act_samples", "batch_size", "iters"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
+                raise ConfigError(f"{flag_name(name)} must be a positive integer")
         if self.max_cache_gb is not None and self.max_cache_gb <= 0:
             raise ConfigError("--max-cache-gb must be positive")
         if self.lp_norm <= 0:
@@ -83,8 +83,15 @@ class QuantConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)} (settings are the fields of "
+                              "QuantConfig, e.g. w_bits, drop_prob; data, device, verification and output are "
+                              "given as flags)")
         return cls(**values)
+
+
+def flag_name(field_name: str) -> str:
+    """The CLI flag of a QuantConfig field, as error messages name it (``w_bits`` -> ``--w``)."""
+    return {"w_bits": "--w", "a_bits": "--a"}.get(field_name, "--" + field_name.replace("_", "-"))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
