@@ -66,7 +66,13 @@ def test_report_files_markdown_and_png(tiny: tuple[Path, Path], tmp_path: Path) 
     base = tmp_path / "q.report"
     report = json.loads(Path(f"{base}.json").read_text())
     assert [b["index"] for b in report["blocks"]] == [0, 1, 2]
-    assert all(b["loss_after"] <= b["loss_before"] * 1.001 for b in report["blocks"])
+    # Measured at 10 steps: block 1 keeps round-to-nearest (kept_rtn, loss unchanged), blocks 2 and 3 learn
+    # (-1.2 %, -17.7 %; -10.5 % summed). A reconstruction that learns nothing keeps RTN everywhere and fails.
+    blocks = report["blocks"]
+    assert all(b["loss_after"] == b["loss_before"] if b["kept_rtn"] else b["loss_after"] < b["loss_before"]
+               for b in blocks)
+    assert blocks[2]["loss_after"] <= 0.9 * blocks[2]["loss_before"]
+    assert sum(b["loss_after"] for b in blocks) <= 0.95 * sum(b["loss_before"] for b in blocks)
     assert [la["bits"] for la in report["layers"]] == [8, 4, 8]  # first/last layers 8-bit by default
     assert report["config"]["w_bits"] == 4 and report["output"]["bytes"] == out.stat().st_size
     ver = report["verification"]
@@ -85,9 +91,13 @@ def test_report_files_markdown_and_png(tiny: tuple[Path, Path], tmp_path: Path) 
 
 def test_rtn_report_has_one_panel_and_no_report_flag(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     model, imgs = tiny
-    result = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(imgs), "--method", "rtn",
-                                      "-o", str(tmp_path / "q.onnx"), "--report", str(tmp_path / "r" / "x.json")])
-    assert result.exit_code != 0  # the report folder does not exist
+    proc = subprocess.run([CLI, "quantize", str(model), "--calib", str(imgs), "--method", "rtn",
+                           "-o", str(tmp_path / "q.onnx"), "--report", str(tmp_path / "r" / "x.json")],
+                          capture_output=True, text=True, timeout=300)
+    # A usage error before any work: no model written either.
+    assert (proc.returncode, proc.stderr) == (2, f"qdrop-onnx: error: --report folder {tmp_path / 'r'} does "
+                                                 "not exist\n")
+    assert not (tmp_path / "q.onnx").exists()
     (tmp_path / "r").mkdir()
     result = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(imgs), "--method", "rtn",
                                       "-o", str(tmp_path / "q.onnx"), "--report", str(tmp_path / "r" / "x.json")])
@@ -113,10 +123,11 @@ def test_full_quantize_run_with_eval_and_json(tmp_path: Path) -> None:
     assert summary["calibration_samples"] == 128 and summary["output_bytes"] == out.stat().st_size
     ver = summary["verification"]
     assert ver["count"] == 1000 and ver["held_out"] is True
-    # Evenly spaced test images: FP32 top-1 near the 10k figure (81.03 %), W4A4 within 5 points of it.
-    assert 77.0 <= ver["reference_top1"] <= 85.0
-    assert ver["quantized_top1"] >= ver["reference_top1"] - 5.0
-    assert ver["agreement"] >= 80.0 and ver["sqnr_db"] >= 7.0  # measured: 85.4 %, 9.4 dB
+    # Evenly spaced test images: FP32 top-1 82.1 % (81.03 % on all 10k). Measured with these flags: qdrop
+    # 81.6 % top-1, 90.1 % agreement, 12.4 dB; --method rtn 77.9 %, 86.2 %, 10.8 dB. The bounds sit between.
+    assert ver["reference_top1"] == 82.1
+    assert ver["quantized_top1"] >= ver["reference_top1"] - 1.5
+    assert ver["agreement"] >= 88.0 and ver["sqnr_db"] >= 11.5
     assert summary["coverage"] == {"integer": 20, "float": 0}
     report = json.loads(Path(summary["report"]["json"]).read_text())
     assert report["verification"] == ver

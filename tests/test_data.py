@@ -83,6 +83,16 @@ def test_layout_follows_model_input_and_odd_modes_are_converted(tmp_path: Path) 
     assert folder.labels is None
     x, _ = next(folder.batches(2))
     assert x.shape == (2, 224, 224, 3)
+    # The same pixels as the NCHW reading, channels last; grayscale becomes three equal channels, RGBA drops alpha.
+    nchw = InputSpec("input", (None, 3, 224, 224), np.float32)
+    planar, _ = next(ImageFolder(tmp_path, resolve_preprocess(nchw, preset="imagenet")).batches(2))
+    np.testing.assert_array_equal(x, planar.transpose(0, 2, 3, 1))
+    alpha, gray = folder.files.index(tmp_path / "alpha.png"), folder.files.index(tmp_path / "gray.png")
+    pixels = (x[gray] * np.array([58.395, 57.12, 57.375]) + np.array([123.675, 116.28, 103.53])).round()
+    assert np.ptp(pixels, axis=-1).max() == 0  # R == G == B, before normalisation
+    (tmp_path / "rgb").mkdir()
+    Image.open(tmp_path / "alpha.png").convert("RGB").save(tmp_path / "rgb" / "same.png")
+    np.testing.assert_array_equal(x[alpha], load_image(tmp_path / "rgb" / "same.png", folder.preprocess))
 
 
 def test_preset_size_must_match_model_input() -> None:
