@@ -131,7 +131,7 @@ def test_full_quantize_run_with_eval_and_json(tmp_path: Path) -> None:
     assert summary["coverage"] == {"integer": 20, "float": 0}
     report = json.loads(Path(summary["report"]["json"]).read_text())
     assert report["verification"] == ver
-    # 30 steps are too few to promise every block improves (bench/results/recon.json shows it at 2000).
+    # 30 steps are too few to promise every block improves; summed over the blocks the loss falls.
     assert len(report["blocks"]) == 11 and sum(b["loss_after"] for b in report["blocks"]) < sum(
         b["loss_before"] for b in report["blocks"])
     assert Path(summary["report"]["md"]).exists() and Path(summary["report"]["png"]).exists()
