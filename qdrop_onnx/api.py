@@ -14,11 +14,11 @@ import torch
 
 from qdrop_onnx.data import Dataset, InputSpec, dataset_from_reader, input_spec, open_dataset
 from qdrop_onnx.errors import DataError
-from qdrop_onnx.export.params import QuantParams
 from qdrop_onnx.export.qdq import ExportError, build_qdq_model, save_model_atomic
 from qdrop_onnx.graph import load_model, lower, partition
 from qdrop_onnx.graph.lower import OnnxGraphModule
 from qdrop_onnx.graph.ops import Conv
+from qdrop_onnx.params import QuantParams
 from qdrop_onnx.quant.config import ConfigError, QuantConfig
 from qdrop_onnx.quant.placement import QuantPlan, plan_quantization
 from qdrop_onnx.quant.sim import QuantSim

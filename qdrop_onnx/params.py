@@ -1,6 +1,8 @@
 """What the exporter needs from quantization: plain NumPy values, no torch.
 
-This is the one contract between the learning side (quant/, recon/) and the writing side (export/).
+This is the one contract between the learning side (quant/, recon/) and the writing side (export/). It lives
+beside both, not in either, so data flows one way: quant/ produces these, export/ consumes them, and
+neither imports the other.
 """
 
 from __future__ import annotations

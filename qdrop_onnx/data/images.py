@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from qdrop_onnx.data.source import InputSpec
+from qdrop_onnx.data.spec import InputSpec
 from qdrop_onnx.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qdrop_onnx.data.source import InputSpec
+from qdrop_onnx.data.spec import InputSpec
 from qdrop_onnx.errors import DataError, first_line
 
 TENSOR_SUFFIXES = (".npy", ".npz")

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from qdrop_onnx.export.params import ActivationParams, QuantParams, WeightParams
 from qdrop_onnx.graph.lower import OnnxGraphModule
+from qdrop_onnx.params import ActivationParams, QuantParams, WeightParams
 from qdrop_onnx.quant.activation import ActivationQuantizer
 from qdrop_onnx.quant.adaround import AdaRoundQuantizer
 from qdrop_onnx.quant.config import QuantConfig

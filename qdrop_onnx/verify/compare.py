@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from qdrop_onnx.data.source import Dataset, InputSpec
+from qdrop_onnx.data.spec import Dataset, InputSpec
 from qdrop_onnx.errors import DataError
 from qdrop_onnx.verify.evaluate import make_session, run_first_output
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from qdrop_onnx.data.source import Dataset, InputSpec
+from qdrop_onnx.data.spec import Dataset, InputSpec
 from qdrop_onnx.errors import DataError, ModelLoadError, first_line
 
 OPT_LEVELS = {

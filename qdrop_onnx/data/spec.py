@@ -1,0 +1,72 @@
+"""What a model expects as input (InputSpec) and what any data source offers (the Dataset protocol).
+
+The neutral module the readers (images, tensors) and the consumers (api, verify) all import, so none of
+them imports another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import onnx
+
+from qdrop_onnx.errors import DataError
+
+_NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
+                onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
+                onnx.TensorProto.INT32: np.int32, onnx.TensorProto.UINT8: np.uint8}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model's (single) input: name, dims (int, or None where symbolic) and numpy dtype."""
+
+    name: str
+    dims: tuple[int | None, ...]
+    dtype: type
+
+    @property
+    def fixed_batch(self) -> int | None:
+        return self.dims[0] if self.dims else None
+
+    @property
+    def layout(self) -> str:
+        """'NCHW' or 'NHWC' for 4-D image inputs, decided by where the 1- or 3-channel axis is."""
+        if len(self.dims) == 4 and self.dims[1] not in (1, 3) and self.dims[3] in (1, 3):
+            return "NHWC"
+        return "NCHW"
+
+    @property
+    def spatial(self) -> tuple[int | None, int | None]:
+        if len(self.dims) != 4:
+            return (None, None)
+        return (self.dims[2], self.dims[3]) if self.layout == "NCHW" else (self.dims[1], self.dims[2])
+
+
+def input_spec(model: onnx.ModelProto) -> InputSpec:
+    """The spec of the model's only non-initializer input (DataError when there are several)."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs)
+        raise DataError(f"model has {len(inputs)} inputs ({names}); image and tensor data feed exactly one")
+    value = inputs[0]
+    tensor_type = value.type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in tensor_type.shape.dim)
+    return InputSpec(value.name, dims, _NUMPY_TYPES.get(tensor_type.elem_type, np.float32))
+
+
+class Dataset(Protocol):
+    """A finite sequence of model inputs, optionally with integer labels."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def labels(self) -> np.ndarray | None: ...
+
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        ...
