@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from qdrop_onnx.errors import ModelLoadError, UnsupportedModelError, first_line
 from qdrop_onnx.graph.load import LoadedModel, default_opset
-from qdrop_onnx.graph.ops import REGISTRY, LoweringContext, OnnxNode, Unsupported, WeightedOp
+from qdrop_onnx.graph.ops import DEFAULT_DOMAINS, LoweringContext, OnnxNode, Unsupported, WeightedOp, lowering_for
 
 
 @dataclass
@@ -186,11 +186,12 @@ def lower(model: LoadedModel | onnx.ModelProto) -> OnnxGraphModule:
     taken: set[str] = set()
     for proto_node in proto.graph.node:
         node = OnnxNode.from_proto(proto_node)
-        if node.domain not in ("", "ai.onnx") or node.op_type not in REGISTRY:
-            unsupported[node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"] += 1
+        lowering = lowering_for(node.domain, node.op_type)
+        if lowering is None:
+            unsupported[node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"] += 1
             continue
         try:
-            lowered = REGISTRY[node.op_type](node, ctx)
+            lowered = lowering(node, ctx)
         except Unsupported as exc:
             unsupported[exc.key] += 1
             continue

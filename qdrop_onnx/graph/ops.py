@@ -94,18 +94,26 @@ class Lowered:
 
 
 LowerFn = Callable[[OnnxNode, LoweringContext], Lowered]
-REGISTRY: dict[str, LowerFn] = {}
+# Keyed by (domain, op type); the default domain is "" (ONNX also spells it "ai.onnx"), so a contrib op such
+# as ("com.microsoft", "FusedMatMul") can be registered beside the standard one of the same name.
+REGISTRY: dict[tuple[str, str], LowerFn] = {}
+DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-def register(*op_types: str) -> Callable[[LowerFn], LowerFn]:
-    """Register a lowering function for one or more ONNX op types (default domain)."""
+def register(*op_types: str, domain: str = "") -> Callable[[LowerFn], LowerFn]:
+    """Register a lowering function for one or more op types of ``domain`` (default: the ONNX domain)."""
 
     def wrap(fn: LowerFn) -> LowerFn:
         for op_type in op_types:
-            REGISTRY[op_type] = fn
+            REGISTRY[(domain, op_type)] = fn
         return fn
 
     return wrap
+
+
+def lowering_for(domain: str, op_type: str) -> LowerFn | None:
+    """The registered lowering of ``op_type`` in ``domain``, or None."""
+    return REGISTRY.get(("" if domain in DEFAULT_DOMAINS else domain, op_type))
 
 
 def _tensor(value: np.ndarray) -> Tensor:
@@ -410,7 +418,7 @@ _UNARY: dict[str, Callable[..., Tensor]] = {
     "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf,
     "Sqrt": torch.sqrt, "Exp": torch.exp, "Log": torch.log, "Neg": torch.neg, "Abs": torch.abs,
     "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil, "Not": torch.logical_not,
-    "Identity": lambda x: x,
+    "Identity": lambda x: x, "IsNaN": torch.isnan,
 }
 
 
@@ -724,43 +732,48 @@ def lower_split(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return Lowered(module, module.bind(node, ctx, [0]), multi_output=True)
 
 
-class Slice(OnnxOp):
-    """ONNX Slice; negative steps are gathered with an explicit index (torch slicing has no step < 0)."""
+def _slice(x: Tensor, starts: list[int], ends: list[int], axes: list[int] | None, steps: list[int] | None) -> Tensor:
+    """ONNX Slice; negative steps are gathered with an explicit index (torch slicing has no step < 0).
 
-    def __init__(self, starts: list[int], ends: list[int], axes: list[int] | None,
-                 steps: list[int] | None) -> None:
-        super().__init__()
-        self.starts, self.ends = starts, ends
-        self.axes = axes if axes is not None else list(range(len(starts)))
-        self.steps = steps if steps is not None else [1] * len(starts)
-
-    def forward(self, x: Tensor) -> Tensor:
-        index: list[slice] = [slice(None)] * x.ndim
-        gathers = []
-        for start, end, axis, step in zip(self.starts, self.ends, self.axes, self.steps, strict=True):
-            axis = axis % x.ndim
-            lo, hi, st = slice(start, end, step).indices(x.shape[axis])
-            if st > 0:
-                index[axis] = slice(lo, hi, st)
-            else:
-                gathers.append((axis, torch.arange(lo, hi, st, device=x.device)))
-        x = x[tuple(index)]
-        for axis, idx in gathers:
-            x = x.index_select(axis, idx)
-        return x
+    Python's ``slice.indices`` clamps starts and ends exactly as ONNX does, for both signs of step.
+    """
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    if 0 in steps:
+        raise ValueError("Slice step 0")
+    index: list[slice] = [slice(None)] * x.ndim
+    gathers = []
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        axis = axis % x.ndim
+        lo, hi, st = slice(start, end, step).indices(x.shape[axis])
+        if st > 0:
+            index[axis] = slice(lo, hi, st)
+        else:
+            gathers.append((axis, torch.arange(lo, hi, st, device=x.device)))
+    x = x[tuple(index)]
+    for axis, idx in gathers:
+        x = x.index_select(axis, idx)
+    return x
 
 
 @register("Slice")
 def lower_slice(node: OnnxNode, ctx: LoweringContext) -> Lowered:
-    starts = ctx.const_ints(node, 1, "starts")
-    ends = ctx.const_ints(node, 2, "ends")
-    axes = ctx.const_ints(node, 3, "axes")
-    steps = ctx.const_ints(node, 4, "steps")
-    if starts is None or ends is None:
+    if len(node.inputs) < 3:
         raise Unsupported("Slice(opset<10)")
-    if steps is not None and 0 in steps:
-        raise Unsupported("Slice(step=0)")
-    return Lowered(Slice(starts, ends, axes, steps), [node.inputs[0]])
+    if all(ctx.is_const(node.input(i)) or not node.input(i) for i in range(1, 5)):
+        starts, ends, axes, steps = (ctx.const_ints(node, i, what) for i, what in
+                                     enumerate(("starts", "ends", "axes", "steps"), start=1))
+        if steps is not None and 0 in steps:
+            raise Unsupported("Slice(step=0)")
+        return _apply(node, ctx, lambda x: _slice(x, starts, ends, axes, steps), positions=[0])
+
+    # Starts/ends computed at run time (e.g. from Shape: BERT exports slice position ids to the sequence).
+    def dynamic_slice(x: Tensor, starts: Tensor, ends: Tensor, axes: Tensor | None = None,
+                      steps: Tensor | None = None) -> Tensor:
+        return _slice(x, _runtime_ints(starts), _runtime_ints(ends), None if axes is None else _runtime_ints(axes),
+                      None if steps is None else _runtime_ints(steps))
+
+    return _apply(node, ctx, dynamic_slice, positions=range(len(node.inputs)))
 
 
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
@@ -878,6 +891,49 @@ def lower_expand(node: OnnxNode, ctx: LoweringContext) -> Lowered:
 @register("Tile")
 def lower_tile(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, lambda x, repeats: x.repeat(*_runtime_ints(repeats)))
+
+
+@register("Range")
+def lower_range(node: OnnxNode, ctx: LoweringContext) -> Lowered:
+    def arange(start: Tensor, limit: Tensor, delta: Tensor) -> Tensor:
+        # ONNX: ceil((limit - start) / delta) elements of start's type; torch.arange agrees for both signs.
+        return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
+
+    return _apply(node, ctx, arange)
+
+
+@register("GatherND")
+def lower_gather_nd(node: OnnxNode, ctx: LoweringContext) -> Lowered:
+    batch_dims = int(node.attr("batch_dims", 0))
+
+    def gather_nd(data: Tensor, indices: Tensor) -> Tensor:
+        idx = indices.long()
+        depth = idx.shape[-1]
+        batch = data.shape[:batch_dims]
+        # Flatten the batch dims, index the next `depth` dims of data with the last axis of indices
+        # (torch's advanced indexing counts negative indices from the end, as ONNX does).
+        flat_data = data.reshape(math.prod(batch), *data.shape[batch_dims:])
+        flat_idx = idx.reshape(math.prod(batch), -1, depth)
+        rows = torch.arange(flat_data.shape[0], device=idx.device)[:, None]
+        picked = flat_data[(rows, *flat_idx.unbind(-1))]
+        return picked.reshape(*idx.shape[:-1], *data.shape[batch_dims + depth:])
+
+    return _apply(node, ctx, gather_nd)
+
+
+@register("CumSum")
+def lower_cumsum(node: OnnxNode, ctx: LoweringContext) -> Lowered:
+    exclusive, reverse = bool(node.attr("exclusive", 0)), bool(node.attr("reverse", 0))
+
+    def cumsum(x: Tensor, axis: Tensor) -> Tensor:
+        a = int(axis.reshape(-1)[0]) % x.ndim
+        y = x.flip(a) if reverse else x
+        out = torch.cumsum(y, dim=a, dtype=y.dtype)
+        if exclusive:
+            out = out - y
+        return out.flip(a) if reverse else out
+
+    return _apply(node, ctx, cumsum)
 
 
 @register("Constant")
