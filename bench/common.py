@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qdrop_onnx.data import input_spec, open_dataset
+from qdrop_onnx.data import Batch, input_spec, open_dataset
 from qdrop_onnx.graph.load import load_model
 from qdrop_onnx.verify import evaluate_classification, make_session
 from qdrop_onnx.verify.coverage import integer_kernel_coverage
@@ -72,7 +72,8 @@ def arrays(model: str, which: str) -> tuple[np.ndarray, np.ndarray | None]:
     dataset = MODELS[model].dataset(which)
     xs, ys = zip(*dataset.batches(256), strict=True)
     labels = None if ys[0] is None else np.concatenate(ys)
-    return np.concatenate(xs), labels
+    [name] = xs[0]  # the bench models are image classifiers with one input
+    return np.concatenate([x[name] for x in xs]), labels
 
 
 @dataclass
@@ -81,6 +82,7 @@ class LabeledArrays:
 
     x: np.ndarray
     y: np.ndarray | None
+    name: str = "input"  # the model input the samples feed
 
     def __len__(self) -> int:
         return len(self.x)
@@ -89,10 +91,10 @@ class LabeledArrays:
     def labels(self) -> np.ndarray | None:
         return self.y
 
-    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[Batch, np.ndarray | None]]:
         count = len(self.x) if limit is None else min(limit, len(self.x))
         for i in range(0, count, batch_size):
-            yield self.x[i:i + batch_size], None if self.y is None else self.y[i:i + batch_size]
+            yield {self.name: self.x[i:i + batch_size]}, None if self.y is None else self.y[i:i + batch_size]
 
 
 def prepare(model: str, workdir: Path) -> dict[str, str]:
@@ -148,7 +150,7 @@ def score_file(path: Path, model: str, *, latency_repeats: int = 50, threads: in
     """Top-1 (simulated and fused), size, integer-kernel coverage and latency of one ONNX file."""
     x, y = arrays(model, "test")
     spec = input_spec(load_model(path, simplify=False).model)
-    data = LabeledArrays(x, y)
+    data = LabeledArrays(x, y, spec.name)
     row: dict[str, object] = {"bytes": path.stat().st_size}
     for level, key in (("basic", "top1_simulated"), ("all", "top1_fused")):
         session = make_session(path, device="cpu", opt_level=level, threads=threads)

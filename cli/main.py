@@ -126,6 +126,15 @@ def cli() -> None:
 _model_arg = click.argument("model", type=click.Path(exists=True, dir_okay=False))
 
 
+def _text_options(command: Any) -> Any:
+    """--tokenizer and --max-length: text data (.txt, one sentence per line) for BERT-family models."""
+    command = click.option("--max-length", type=click.IntRange(min=1), default=128, show_default=True,
+                           help="Text: truncate sentences to this many tokens (one warning counts them).")(command)
+    return click.option("--tokenizer", type=click.Path(exists=True, dir_okay=False), default=None,
+                        help="Text data (.txt, one sentence per line): a Hugging Face tokenizers JSON file; fills "
+                             "input_ids, attention_mask, token_type_ids (needs qdrop-onnx[text]).")(command)
+
+
 @cli.command()
 @_model_arg
 @click.option("--max-block-weights", default=8, show_default=True,
@@ -186,23 +195,24 @@ def inspect(model: str, max_block_weights: int) -> None:
 @click.option("--reference", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A float model to compare MODEL with (MODEL may come from any quantizer): prints float vs "
                    "quantized accuracy (with labels), top-1 agreement, output SQNR and integer-kernel coverage.")
+@_text_options
 def eval_cmd(model: str, data: str, preset: str | None, classes: str | None,
              mean: tuple[float, float, float] | None, std: tuple[float, float, float] | None,
              size: tuple[int, int] | None, resize: int | None, batch_size: int, limit: int | None,
-             device: str, reference: str | None) -> None:
+             device: str, reference: str | None, tokenizer: str | None, max_length: int) -> None:
     """Top-1 / top-5 accuracy of MODEL in ONNX Runtime on a labeled image folder.
 
     With --reference FP.onnx: the verification table of MODEL against FP.onnx (any data; accuracy rows
     need class folders).
     """
-    from qdrop_onnx.data import input_spec, open_dataset
+    from qdrop_onnx.data import input_specs
     from qdrop_onnx.graph.load import load_model
     from qdrop_onnx.verify import evaluate_classification, make_session
 
+    options = _data_options(preset, mean, std, size, resize, tokenizer, max_length, data)
     # Validate with the same checks as quantize (checker, readable protobuf), but run the user's file.
-    spec = input_spec(load_model(model, simplify=False).model)
-    dataset = open_dataset(data, spec, preset=preset, mean=mean, std=std, size=size, resize=resize,
-                           classes=classes)
+    spec = input_specs(load_model(model, simplify=False).model)
+    dataset = options.open(data, spec, classes=classes)
     if reference is not None:
         _compare(reference, model, dataset, spec, data, batch_size, limit, device)
         return
@@ -228,15 +238,18 @@ def _echo_verification_table(verification: dict[str, Any], coverage: Any) -> Non
 
 def _compare(reference: str, model: str, dataset: Any, spec: Any, data: str, batch_size: int,
              limit: int | None, device: str) -> None:
-    from qdrop_onnx.data import input_spec
+    from qdrop_onnx.data import input_specs
     from qdrop_onnx.graph.load import load_model
     from qdrop_onnx.verify.compare import compare_models
     from qdrop_onnx.verify.coverage import integer_kernel_coverage
 
-    ref_spec = input_spec(load_model(reference, simplify=False).model)
-    if (ref_spec.name, ref_spec.dims[1:]) != (spec.name, spec.dims[1:]):
-        raise click.UsageError(f"--reference takes input {ref_spec.name} {ref_spec.dims}, MODEL takes "
-                               f"{spec.name} {spec.dims}: not the same model")
+    def described(specs: Any) -> str:
+        return ", ".join(f"{s.name} {s.dims}" for s in specs)
+
+    ref_spec = input_specs(load_model(reference, simplify=False).model)
+    if [(s.name, s.dims[1:]) for s in ref_spec] != [(s.name, s.dims[1:]) for s in spec]:
+        raise click.UsageError(f"--reference takes input {described(ref_spec)}, MODEL takes {described(spec)}: "
+                               "not the same model")
     result = compare_models(reference, model, dataset, spec, batch_size=batch_size, limit=limit, device=device)
     coverage = integer_kernel_coverage(model)
     click.echo(f"model:      {model} ({_size_mb(model):.2f} MB)")
@@ -246,10 +259,17 @@ def _compare(reference: str, model: str, dataset: Any, spec: Any, data: str, bat
 
 
 def _data_options(preset: str | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
-                  size: tuple[int, int] | None, resize: int | None) -> Any:
+                  size: tuple[int, int] | None, resize: int | None, tokenizer: str | None, max_length: int,
+                  *paths: str | None) -> Any:
+    """The DataOptions of the flags; text data among ``paths`` without --tokenizer is a usage error."""
     from qdrop_onnx.api import DataOptions
 
-    return DataOptions(preset=preset, mean=mean, std=std, size=size, resize=resize)
+    text = [p for p in paths if p is not None and Path(p).suffix.lower() == ".txt"]
+    if text and tokenizer is None:
+        raise click.UsageError(f"text data ({text[0]}) needs --tokenizer tokenizer.json (a Hugging Face tokenizers "
+                               "file)")
+    return DataOptions(preset=preset, mean=mean, std=std, size=size, resize=resize, tokenizer=tokenizer,
+                       max_length=max_length)
 
 
 def _size_mb(path: str | Path) -> float:
@@ -296,7 +316,7 @@ class QuantizeCommand(GroupedOptionsCommand):
                           "first_last_bits", "residual_bits", "exclude", "act_init", "lp_norm", "reduce_range")),
         ("Reconstruction", ("iters", "samples", "calib_act_samples", "batch_size", "drop_prob", "reg_weight",
                             "round_lr", "cache_fp16", "max_cache_gb", "seed", "device", "checkpoint_dir", "resume")),
-        ("Calibration images", ("preset", "mean", "std", "size", "resize")),
+        ("Calibration data", ("preset", "mean", "std", "size", "resize", "tokenizer", "max_length")),
         ("Verification", ("eval_data", "classes", "eval_limit")),
         ("Output on the terminal", ("quiet", "json_out", "help")),
     )
@@ -364,7 +384,8 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
 @cli.command(cls=QuantizeCommand)
 @_model_arg
 @click.option("--calib", required=True, type=click.Path(exists=True),
-              help="Calibration data: image folder (labels not needed) or .npy/.npz file/folder.")
+              help="Calibration data: image folder (labels not needed), .npy/.npz file/folder (one array per "
+                   "model input), or .txt sentences with --tokenizer.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output file. [default: <model stem>.w{W}a{A}.onnx beside the model]")
 @click.option("--w", "w_bits", type=click.IntRange(2, 8), default=None, help="Weight bits (2-8). [default: 4]")
@@ -442,11 +463,13 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final summary.")
 @click.option("--json", "json_out", is_flag=True,
               help="Print one JSON summary on stdout (nothing else there), for CI pipelines.")
+@_text_options
 def quantize(model: str, calib: str, output: str | None, config_file: str | None, preset: str | None,
              mean: tuple[float, float, float] | None, std: tuple[float, float, float] | None,
              size: tuple[int, int] | None, resize: int | None, device: str, eval_data: str | None,
              classes: str | None, eval_limit: int, checkpoint_dir: str | None, resume: bool, report: str | None,
-             no_report: bool, quiet: bool, json_out: bool, **flags: Any) -> None:
+             no_report: bool, quiet: bool, json_out: bool, tokenizer: str | None, max_length: int,
+             **flags: Any) -> None:
     """Quantize MODEL to a QDQ ONNX file using unlabeled calibration data, verify it, write a report.
 
     \b
@@ -482,9 +505,9 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
     if report_base is not None and report_base.parent.resolve() != out.parent.resolve():
         _check_writable(report_base.parent)
 
+    data = _data_options(preset, mean, std, size, resize, tokenizer, max_length, calib, eval_data)
     progress = BlockProgress(config.iters, lines=not (quiet or json_out),
                              bars=not (quiet or json_out) and sys.stderr.isatty() and sys.stdout.isatty())
-    data = _data_options(preset, mean, std, size, resize)
     result = run_quantize(model, calib, config, out, data=data, device=device, progress=progress.step,
                           on_block=progress.done, checkpoint=checkpoint)
     verification = verify(result, model, eval_data, data=data, classes=classes, limit=eval_limit)

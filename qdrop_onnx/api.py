@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +13,8 @@ import numpy as np
 import onnx
 import torch
 
-from qdrop_onnx.data import Dataset, InputSpec, dataset_from_reader, input_spec, open_dataset
+from qdrop_onnx.data import Dataset, InputSpec, dataset_from_reader, input_specs, open_dataset
+from qdrop_onnx.data.spec import as_specs
 from qdrop_onnx.errors import DataError
 from qdrop_onnx.export.qdq import ExportError, build_qdq_model, save_model_atomic
 from qdrop_onnx.graph import load_model, lower, partition
@@ -42,13 +44,21 @@ log = logging.getLogger("qdrop_onnx")
 
 @dataclass
 class DataOptions:
-    """How calibration images are preprocessed (see ``qdrop-onnx eval --help``)."""
+    """How calibration data is read: image preprocessing (see ``qdrop-onnx eval --help``), and for text
+    (``.txt``, one sentence per line) the tokenizer file and the maximum token count."""
 
     preset: str | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     size: tuple[int, int] | None = None
     resize: int | None = None
+    tokenizer: str | Path | None = None
+    max_length: int = 128
+
+    def open(self, path: str | Path, specs: Sequence[InputSpec], classes: str | Path | None = None) -> Dataset:
+        return open_dataset(path, specs, preset=self.preset, mean=self.mean, std=self.std, size=self.size,
+                            resize=self.resize, classes=classes, tokenizer=self.tokenizer,
+                            max_length=self.max_length)
 
 
 @dataclass
@@ -77,13 +87,12 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def open_calibration(calib: str | Path | Dataset | object, spec: InputSpec,
+def open_calibration(calib: str | Path | Dataset | object, spec: InputSpec | Sequence[InputSpec],
                      data: DataOptions | None = None) -> Dataset:
     """A path (image folder, .npy/.npz), a :class:`Dataset`, or an ORT ``CalibrationDataReader``."""
     data = data or DataOptions()
     if isinstance(calib, str | Path):
-        return open_dataset(calib, spec, preset=data.preset, mean=data.mean, std=data.std, size=data.size,
-                            resize=data.resize)
+        return data.open(calib, as_specs(spec))
     if hasattr(calib, "get_next"):  # onnxruntime.quantization.CalibrationDataReader
         return dataset_from_reader(calib, spec)
     return calib  # type: ignore[return-value]
@@ -95,9 +104,35 @@ def default_output(model_path: str | Path, config: QuantConfig) -> Path:
     return path.with_name(f"{path.stem}.w{config.w_bits}a{config.a_bits}.onnx")
 
 
-def _load_samples(dataset: Dataset, limit: int) -> torch.Tensor:
-    """The first ``limit`` samples as one tensor (decoded once; calibration and reconstruction share it)."""
-    return torch.cat([torch.from_numpy(x) for x, _ in dataset.batches(256, limit)])
+def _load_samples(dataset: Dataset, limit: int, specs: Sequence[InputSpec]) -> list[torch.Tensor]:
+    """The first ``limit`` samples, one tensor per model input in ``specs`` order (decoded once;
+    calibration and reconstruction share them). Batches of different widths (text padded per batch) are
+    padded to the widest with the dataset's ``pad_values`` (0 where it names none)."""
+    batches = [x for x, _ in dataset.batches(256, limit)]
+    missing = [s.name for s in specs if batches and s.name not in batches[0]]
+    if missing:
+        raise DataError(f"the calibration data has no values for model input {missing[0]!r}")
+    pad_values: dict[str, int] = getattr(dataset, "pad_values", {})
+    out = []
+    for s in specs:
+        arrays = [b[s.name] for b in batches]
+        shape = np.max([a.shape[1:] for a in arrays], axis=0)
+        padded = [np.pad(a, [(0, 0)] + [(0, int(m - d)) for m, d in zip(shape, a.shape[1:], strict=True)],
+                         constant_values=pad_values.get(s.name, 0)) if tuple(a.shape[1:]) != tuple(shape) else a
+                  for a in arrays]
+        out.append(torch.cat([torch.from_numpy(np.ascontiguousarray(a)) for a in padded]))
+    return out
+
+
+def _check_finite(samples: Sequence[torch.Tensor]) -> None:
+    bad = None
+    for x in samples:
+        if x.is_floating_point():
+            rows = (~torch.isfinite(x)).reshape(len(x), -1).any(1)
+            bad = rows if bad is None else bad | rows
+    count = int(bad.sum()) if bad is not None else 0
+    if count:
+        raise DataError(f"{count} calibration sample{'s' if count > 1 else ''} contain NaN or Inf values")
 
 
 def has_depthwise_conv(graph: OnnxGraphModule) -> bool:
@@ -122,7 +157,7 @@ class CheckpointOptions:
     resume: bool = False
 
 
-def _reconstruct(sim: QuantSim, graph: OnnxGraphModule, samples: torch.Tensor, config: QuantConfig,
+def _reconstruct(sim: QuantSim, graph: OnnxGraphModule, samples: list[torch.Tensor], config: QuantConfig,
                  device: torch.device, progress: StepCallback | None, on_block: DoneCallback | None,
                  checkpoint: CheckpointOptions | None, fingerprint: str) -> list[BlockRecord]:
     blocks = partition(graph, max_weighted=1 if config.method == "adaround" else 8)
@@ -142,7 +177,7 @@ def _reconstruct(sim: QuantSim, graph: OnnxGraphModule, samples: torch.Tensor, c
             save_checkpoint(checkpoint.directory, Checkpoint(fingerprint, len(records), records, sim_state(sim)))
 
     budget = int(config.max_cache_gb * 1e9) if config.max_cache_gb is not None else default_cache_bytes()
-    return reconstruct(sim, blocks, [samples], recon_config(config, graph), device, cache_dtype, progress, on_block,
+    return reconstruct(sim, blocks, samples, recon_config(config, graph), device, cache_dtype, progress, on_block,
                        finished=finished, after_block=after_block, max_cache_bytes=budget)
 
 
@@ -170,9 +205,9 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     timings: dict[str, float] = {}
     loaded = load_model(model)
     graph: OnnxGraphModule = lower(loaded)
-    spec = input_spec(loaded.model)
+    specs = input_specs(loaded.model)
     data = data or DataOptions()
-    dataset = open_calibration(calib, spec, data)
+    dataset = open_calibration(calib, specs, data)
     if len(dataset) == 0:
         raise DataError("the calibration data holds no samples")
     timings["load"] = time.perf_counter() - start
@@ -186,15 +221,16 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     reconstructing = config.method != "rtn"
     act_samples = min(config.calib_act_samples, config.samples)
     wanted = config.samples if reconstructing else act_samples
-    samples = _load_samples(dataset, wanted)
-    if not bool(torch.isfinite(samples).all()):
-        bad = int((~torch.isfinite(samples)).reshape(len(samples), -1).any(1).sum())
-        raise DataError(f"{bad} calibration sample{'s' if bad > 1 else ''} contain NaN or Inf values")
-    if len(samples) < wanted:
+    by_name = {s.name: s for s in specs}
+    samples = _load_samples(dataset, wanted, [by_name[name] for name in graph.input_names])
+    _check_finite(samples)
+    count = len(samples[0])
+    if count < wanted:
         flag = "--samples" if wanted == config.samples else "--calib-act-samples"
         log.warning("the calibration data has %d readable samples, fewer than the %d asked for (%s): using %d",
-                    len(samples), wanted, flag, len(samples))
-    sim.calibrate(x.to(dev) for x in samples[:act_samples].split(config.batch_size))
+                    count, wanted, flag, count)
+    sim.calibrate([x[start:start + config.batch_size].to(dev) for x in samples]
+                  for start in range(0, min(act_samples, count), config.batch_size))
     timings["calibrate"] = time.perf_counter() - t
     records: list[BlockRecord] = []
     if reconstructing:
@@ -205,7 +241,7 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     graph.cpu()
     params = sim.export_params()
     qdq = build_qdq_model(loaded.model, params, config.format)
-    used = len(samples)
+    used = count
     result = QuantResult(qdq, params, plan, config, sim, calibration_samples=used,
                          timings=timings, blocks=records, device=str(dev),
                          calibration_data=dataset)
@@ -239,11 +275,10 @@ def verify(result: QuantResult, reference: str | Path, eval_data: str | Path | N
     """
     if result.output is None:
         raise ValueError("verify() needs a written model (quantize(..., output=...))")
-    spec = input_spec(result.model)
+    spec = input_specs(result.model)
     data = data or DataOptions()
     if eval_data is not None:
-        dataset = open_dataset(eval_data, spec, preset=data.preset, mean=data.mean, std=data.std, size=data.size,
-                               resize=data.resize, classes=classes)
+        dataset = data.open(eval_data, spec, classes=classes)
         source, held_out = str(eval_data), True
     else:
         dataset = result.calibration_data

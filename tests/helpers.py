@@ -143,3 +143,33 @@ def small_mobile_cnn(seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray]:
     dim.Clear()
     dim.dim_param = "N"
     return model, x
+
+
+def tiny_token_encoder(seed: int = 0, vocab: int = 20, dim: int = 8) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Token ids + attention mask (int64, dynamic batch and sequence) -> embedding -> two residual FFN units,
+    masked: the data-model shape of a BERT encoder (integer side inputs, a mask read late) in a few nodes."""
+    rng = np.random.RandomState(seed)
+    N = helper.make_node
+    consts = {"emb": rng.randn(vocab, dim).astype(np.float32),
+              **{f"w{i}": (rng.randn(dim, dim) / np.sqrt(dim)).astype(np.float32) for i in range(4)},
+              "b0": rng.randn(dim).astype(np.float32) * 0.1, "ax": np.array([2], np.int64)}
+    nodes = [
+        N("Gather", ["emb", "input_ids"], ["e"], axis=0, name="embed"),
+        N("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT), N("Unsqueeze", ["mf", "ax"], ["m3"]),
+        N("MatMul", ["e", "w0"], ["h0"], name="ffn1_up"), N("Add", ["h0", "b0"], ["h0b"]), N("Relu", ["h0b"], ["a0"]),
+        N("MatMul", ["a0", "w1"], ["h1"], name="ffn1_down"), N("Add", ["e", "h1"], ["r1"], name="res1"),
+        N("MatMul", ["r1", "w2"], ["h2"], name="ffn2_up"), N("Relu", ["h2"], ["a2"]),
+        N("MatMul", ["a2", "w3"], ["h3"], name="ffn2_down"), N("Add", ["r1", "h3"], ["r2"], name="res2"),
+        N("Mul", ["r2", "m3"], ["hidden"], name="mask_out"),
+    ]
+    ids = rng.randint(1, vocab, size=(4, 6)).astype(np.int64)
+    mask = np.ones((4, 6), np.int64)
+    mask[1, 4:] = mask[3, 2:] = 0
+    ids[mask == 0] = 0
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    model = make_model(nodes, feeds, ["hidden"], consts)
+    for value in model.graph.input:
+        for d, name in zip(value.type.tensor_type.shape.dim, ("batch", "seq"), strict=True):
+            d.Clear()
+            d.dim_param = name
+    return model, feeds

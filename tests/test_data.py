@@ -43,8 +43,10 @@ def test_class_folders_give_sorted_labels_and_non_images_are_counted_once(tmp_pa
     assert [r.getMessage() for r in caplog.records] == [f"skipped 2 non-image files in {tmp_path}"]
     assert folder.class_names == ["ant", "zebra"]
     assert folder.labels.tolist() == [0, 0, 0, 0, 1, 1]
-    x, y = next(folder.batches(8))
-    assert x.shape == (6, 3, 32, 32) and x.dtype == np.float32 and y.tolist() == [0, 0, 0, 0, 1, 1]
+    batch, y = next(folder.batches(8))
+    x = batch["input"]  # a batch is a dict keyed by the model input's name
+    assert list(batch) == ["input"] and x.shape == (6, 3, 32, 32) and x.dtype == np.float32
+    assert y.tolist() == [0, 0, 0, 0, 1, 1]
 
 
 def test_classes_file_maps_folders_to_model_output_order(tmp_path: Path) -> None:
@@ -81,11 +83,11 @@ def test_layout_follows_model_input_and_odd_modes_are_converted(tmp_path: Path) 
     _image(tmp_path / "alpha.png", (260, 300), mode="RGBA")
     folder = ImageFolder(tmp_path, resolve_preprocess(NHWC_224, preset="imagenet"))
     assert folder.labels is None
-    x, _ = next(folder.batches(2))
+    x = next(folder.batches(2))[0]["input"]
     assert x.shape == (2, 224, 224, 3)
     # The same pixels as the NCHW reading, channels last; grayscale becomes three equal channels, RGBA drops alpha.
     nchw = InputSpec("input", (None, 3, 224, 224), np.float32)
-    planar, _ = next(ImageFolder(tmp_path, resolve_preprocess(nchw, preset="imagenet")).batches(2))
+    planar = next(ImageFolder(tmp_path, resolve_preprocess(nchw, preset="imagenet")).batches(2))[0]["input"]
     np.testing.assert_array_equal(x, planar.transpose(0, 2, 3, 1))
     alpha, gray = folder.files.index(tmp_path / "alpha.png"), folder.files.index(tmp_path / "gray.png")
     pixels = (x[gray] * np.array([58.395, 57.12, 57.375]) + np.array([123.675, 116.28, 103.53])).round()
@@ -115,7 +117,7 @@ def test_npy_and_npz_tensors(tmp_path: Path) -> None:
     np.savez(tmp_path / "b.npz", input=a[:2], other=np.zeros(3))
     data = open_dataset(tmp_path, spec)
     assert isinstance(data, TensorDataset) and len(data) == 7 and data.labels is None
-    batches = [x for x, _ in data.batches(3)]
+    batches = [x["input"] for x, _ in data.batches(3)]
     assert [len(b) for b in batches] == [3, 3, 1]
     np.testing.assert_array_equal(np.concatenate(batches), np.concatenate([a, a[:2]]))
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 5, 5), np.float32))
@@ -132,7 +134,7 @@ def test_eval_cli_on_synthetic_labeled_folder_matches_onnxruntime(tmp_path: Path
         _image(tmp_path / "data" / f"class{i % 3}" / f"{i}.png", (8, 8), seed=i)
     folder = ImageFolder(tmp_path / "data", resolve_preprocess(spec, mean=(128, 128, 128), std=(64, 64, 64)))
     x, y = next(folder.batches(100))
-    logits = run_ort(model, {"x": x})[0]
+    logits = run_ort(model, x)[0]
     expected = 100.0 * float((logits.argmax(1) == y).mean())
     proc = subprocess.run([str(Path(sys.executable).parent / "qdrop-onnx"), "eval", str(tmp_path / "net.onnx"),
                            "--data", str(tmp_path / "data"), "--mean", "128", "128", "128", "--std", "64", "64", "64",
@@ -140,3 +142,45 @@ def test_eval_cli_on_synthetic_labeled_folder_matches_onnxruntime(tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     assert "(12 images)" in proc.stdout
     assert float(re.search(r"top-1:\s+([\d.]+) %", proc.stdout).group(1)) == pytest.approx(expected, abs=0.005)
+
+
+TEXT_SPECS = [InputSpec("input_ids", (None, None), np.int64), InputSpec("attention_mask", (None, None), np.int64)]
+
+
+def test_npz_with_one_array_per_input_gives_dict_batches(tmp_path: Path) -> None:
+    ids = np.arange(12, dtype=np.int64).reshape(3, 4)
+    mask = np.ones((3, 4), np.int64)
+    np.savez(tmp_path / "a.npz", input_ids=ids, attention_mask=mask, extra=np.zeros(2))
+    np.savez(tmp_path / "b.npz", input_ids=ids[:1], attention_mask=mask[:1])
+    data = open_dataset(tmp_path, TEXT_SPECS)
+    assert len(data) == 4
+    batches = [x for x, _ in data.batches(3)]
+    assert [sorted(b) for b in batches] == [["attention_mask", "input_ids"]] * 2
+    assert [b["input_ids"].shape for b in batches] == [(3, 4), (1, 4)]
+    assert all(b["input_ids"].dtype == np.int64 for b in batches)
+    np.testing.assert_array_equal(np.concatenate([b["input_ids"] for b in batches]), np.concatenate([ids, ids[:1]]))
+
+
+def test_multi_input_tensor_errors_name_the_input(tmp_path: Path) -> None:
+    ids = np.zeros((2, 4), np.int64)
+    np.savez(tmp_path / "missing.npz", input_ids=ids)
+    with pytest.raises(DataError, match=f"^{tmp_path / 'missing.npz'} has no array for model input 'attention_mask' "
+                                        r"\(it holds input_ids\)$"):
+        TensorDataset(tmp_path / "missing.npz", TEXT_SPECS)
+    np.savez(tmp_path / "float.npz", input_ids=ids.astype(np.float32), attention_mask=ids)
+    with pytest.raises(DataError, match=r"for input input_ids are float32; it takes int64 \(token ids and masks are "
+                                        r"integers\)$"):
+        TensorDataset(tmp_path / "float.npz", TEXT_SPECS)
+    np.savez(tmp_path / "rank.npz", input_ids=np.zeros((2, 4, 1), np.int64), attention_mask=ids)
+    with pytest.raises(DataError, match="for input input_ids have rank 3; it takes rank 2$"):
+        TensorDataset(tmp_path / "rank.npz", TEXT_SPECS)
+    np.savez(tmp_path / "counts.npz", input_ids=ids, attention_mask=ids[:1])
+    with pytest.raises(DataError, match="hold different sample counts per input: input_ids 2, attention_mask 1$"):
+        TensorDataset(tmp_path / "counts.npz", TEXT_SPECS)
+    np.save(tmp_path / "one.npy", ids)
+    with pytest.raises(DataError, match=r"holds one array; the model has 2 inputs \(input_ids, attention_mask\)"):
+        TensorDataset(tmp_path / "one.npy", TEXT_SPECS)
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(DataError, match=r"^model has 2 inputs \(input_ids, attention_mask\); an image folder feeds "
+                                        "exactly one: give .npz files with one array per input$"):
+        open_dataset(tmp_path / "imgs", TEXT_SPECS)

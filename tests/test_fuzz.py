@@ -74,8 +74,8 @@ def _read(path: Path, data: bytes) -> None:
     except DataError as exc:  # documented, one line for users
         assert str(exc) and "\n" not in str(exc).strip()
         return
-    assert sum(len(x) for x, _ in batches) == len(dataset)
-    assert all(x.dtype == np.float32 and x.shape[1:] == (3, 4, 4) for x, _ in batches)
+    assert sum(len(x["x"]) for x, _ in batches) == len(dataset)
+    assert all(list(x) == ["x"] and x["x"].dtype == np.float32 and x["x"].shape[1:] == (3, 4, 4) for x, _ in batches)
 
 
 @FUZZ

@@ -92,10 +92,10 @@ def _cifar_arrays() -> tuple[np.ndarray, np.ndarray]:
     from qdrop_onnx.data import open_dataset
 
     spec = input_spec(load_model(ASSETS / "models/resnet20_cifar10.onnx", simplify=False).model)
-    calib = next(open_dataset(ASSETS / "cifar10/calib", spec, preset="cifar10").batches(32))[0]
+    calib = next(open_dataset(ASSETS / "cifar10/calib", spec, preset="cifar10").batches(32))[0][spec.name]
     test = open_dataset(ASSETS / "cifar10/test", spec, preset="cifar10")
     test.files = test.files[::625]  # 16 images, all classes
-    return calib, next(test.batches(16))[0]
+    return calib, next(test.batches(16))[0][spec.name]
 
 
 @needs_assets

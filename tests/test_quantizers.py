@@ -176,7 +176,7 @@ def test_bias_that_would_overflow_int32_raises_the_weight_scale() -> None:
         op.weight[0].mul_(1e-9)
         op.bias[0] = 5.0
     sim = QuantSim(graph, plan_quantization(graph, config), config)
-    sim.calibrate([torch.from_numpy(x)])
+    sim.calibrate([[torch.from_numpy(x)]])
     params = sim.export_params().weights[name]
     assert params.bias_values is not None and abs(int(params.bias_values[0])) < 2**31 - 1
     assert float(params.bias_values[0]) * float(params.bias_scale[0]) == pytest.approx(5.0, rel=1e-6)

@@ -32,7 +32,7 @@ def _spread_batch(model_path: Path, preset: str, data: str, classes: str | None,
                          classes=ASSETS / classes if classes else None)
     step = len(folder) // count
     folder.files = folder.files[::step][:count]
-    return next(folder.batches(count))[0]
+    return next(folder.batches(count))[0][spec.name]
 
 
 @needs_assets

@@ -70,7 +70,7 @@ def _sim_and_blocks() -> tuple[QuantSim, list, torch.Tensor]:
     config = QuantConfig(w_bits=2, a_bits=2, quantize_first_last=True)
     sim = QuantSim(graph, plan_quantization(graph, config), config)
     xs = torch.from_numpy(np.random.RandomState(0).randn(64, 3, 8, 8).astype(np.float32))
-    sim.calibrate([xs])
+    sim.calibrate([[xs]])
     return sim, partition(graph), xs
 
 
@@ -163,7 +163,7 @@ def test_short_budget_still_learns_resnet20_w2a4() -> None:
         result = quantize(ASSETS / "models/resnet20_cifar10.onnx", ASSETS / "cifar10/calib", config,
                           data=DataOptions(preset="cifar10"), device="cpu")
         with torch.no_grad():
-            hits = sum(int((result.sim.graph(torch.from_numpy(x)).argmax(1).numpy() == y).sum())
+            hits = sum(int((result.sim.graph(torch.from_numpy(x["input"])).argmax(1).numpy() == y).sum())
                        for x, y in test.batches(250))
         accuracy[lr] = 100.0 * hits / len(test)
     assert accuracy[None] > 72.0

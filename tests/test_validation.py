@@ -58,12 +58,21 @@ def test_model_without_weighted_layers(tmp_path: Path) -> None:
 
 def test_model_with_two_inputs(tmp_path: Path) -> None:
     w = np.ones((4, 4), np.float32)
-    proto = make_model([helper.make_node("MatMul", ["a", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])],
+    # Mul, not Add: onnxsim fuses MatMul + Add of a graph input into a Gemm whose C is not constant.
+    proto = make_model([helper.make_node("MatMul", ["a", "w"], ["m"]), helper.make_node("Mul", ["m", "b"], ["y"])],
                        {"a": np.zeros((2, 4), np.float32), "b": np.zeros((2, 4), np.float32)}, ["y"], {"w": w})
     onnx.save(proto, tmp_path / "two.onnx")
     np.save(tmp_path / "a.npy", np.zeros((4, 4), np.float32))
     assert_error(quantize(tmp_path / "two.onnx", "--calib", tmp_path / "a.npy", "-o", tmp_path / "q.onnx"), 1,
-                 "model has 2 inputs (a, b); image and tensor data feed exactly one")
+                 f"{tmp_path / 'a.npy'} holds one array; the model has 2 inputs (a, b): give an .npz with one "
+                 "array per input, named after it")
+    # One array per input, by name: quantized (two float inputs, both data).
+    np.savez(tmp_path / "ab.npz", a=np.random.RandomState(0).randn(16, 4).astype(np.float32),
+             b=np.zeros((16, 4), np.float32))
+    proc = quantize(tmp_path / "two.onnx", "--calib", tmp_path / "ab.npz", "-o", tmp_path / "q.onnx",
+                    "--method", "rtn")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "q.onnx").exists()
 
 
 def test_dynamic_spatial_dims_ask_for_input_shape(tmp_path: Path, model: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from qdrop_onnx.data.spec import InputSpec
+from qdrop_onnx.data.spec import Batch, InputSpec
 from qdrop_onnx.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ class Preprocess:
 
     size: final (height, width); None means "take it from the model input".
     resize: short side to resize to before a center crop to ``size``; None resizes straight to ``size``.
-    mean, std: per channel, in 0–255 pixel units. layout: 'NCHW' or 'NHWC'.
+    mean, std: per channel, in 0–255 pixel units. layout: 'NCHW' or 'NHWC'. input_name: the model input
+    the images feed (the key of each batch).
     """
 
     size: tuple[int, int] | None
@@ -40,6 +41,7 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     layout: str = "NCHW"
+    input_name: str = "input"
 
 
 PRESETS: dict[str, Preprocess] = {
@@ -73,7 +75,7 @@ def resolve_preprocess(spec: InputSpec, *, preset: str | None = None, mean: tupl
         dims = "x".join("?" if d is None else str(d) for d in spec.dims)
         raise DataError(f"model input {spec.name} has dynamic height/width ({dims}); pass --input-shape H W "
                         "(or a --preset) to choose the image size to calibrate at")
-    out = replace(base, size=tuple(chosen) if chosen else None, layout=spec.layout)
+    out = replace(base, size=tuple(chosen) if chosen else None, layout=spec.layout, input_name=spec.name)
     if resize is not None:
         out = replace(out, resize=resize)
     if mean is not None:
@@ -188,8 +190,8 @@ class ImageFolder:
     def labels(self) -> np.ndarray | None:
         return self._labels
 
-    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """Consecutive batches of preprocessed images (and labels) in sorted file order.
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[Batch, np.ndarray | None]]:
+        """Consecutive batches of preprocessed images (and labels) in sorted file order, keyed by the input name.
 
         Files that cannot be decoded (corrupt, truncated, not really images) are skipped with their label;
         one warning at the end counts them. Only when none is readable is it an error.
@@ -212,7 +214,7 @@ class ImageFolder:
                 continue
             y = self._labels[keep] if self._labels is not None else None
             yielded += len(arrays)
-            yield np.stack(arrays), y
+            yield {self.preprocess.input_name: np.stack(arrays)}, y
         if yielded == 0 and count > 0:
             raise DataError(f"none of the {count} image files in {self.root} could be read "
                             f"({skipped[0] if skipped else 'see the warning above'})")

@@ -1,12 +1,15 @@
 """What a model expects as input (InputSpec) and what any data source offers (the Dataset protocol).
 
+A batch is a dict input name -> array (batch axis first), exactly what ONNX Runtime's
+``CalibrationDataReader.get_next()`` returns and ``InferenceSession.run`` takes.
+
 The neutral module the readers (images, tensors) and the consumers (api, verify) all import, so none of
 them imports another.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,12 +20,14 @@ from qdrop_onnx.errors import DataError
 
 _NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
                 onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
-                onnx.TensorProto.INT32: np.int32, onnx.TensorProto.UINT8: np.uint8}
+                onnx.TensorProto.INT32: np.int32, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_}
+
+Batch = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The model's (single) input: name, dims (int, or None where symbolic) and numpy dtype."""
+    """One model input: name, dims (int, or None where symbolic) and numpy dtype."""
 
     name: str
     dims: tuple[int | None, ...]
@@ -31,6 +36,11 @@ class InputSpec:
     @property
     def fixed_batch(self) -> int | None:
         return self.dims[0] if self.dims else None
+
+    @property
+    def is_float(self) -> bool:
+        """Float inputs carry the data; integer/boolean ones (token ids, masks) are side inputs."""
+        return bool(np.issubdtype(self.dtype, np.floating))
 
     @property
     def layout(self) -> str:
@@ -46,18 +56,40 @@ class InputSpec:
         return (self.dims[2], self.dims[3]) if self.layout == "NCHW" else (self.dims[1], self.dims[2])
 
 
-def input_spec(model: onnx.ModelProto) -> InputSpec:
-    """The spec of the model's only non-initializer input (DataError when there are several)."""
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        names = ", ".join(i.name for i in inputs)
-        raise DataError(f"model has {len(inputs)} inputs ({names}); image and tensor data feed exactly one")
-    value = inputs[0]
+def _spec(value: onnx.ValueInfoProto) -> InputSpec:
     tensor_type = value.type.tensor_type
     dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                  for d in tensor_type.shape.dim)
     return InputSpec(value.name, dims, _NUMPY_TYPES.get(tensor_type.elem_type, np.float32))
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """Every non-initializer input of the model, in graph order."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [_spec(i) for i in model.graph.input if i.name not in initializers]
+
+
+def input_spec(model: onnx.ModelProto) -> InputSpec:
+    """The spec of the model's only input (DataError when there are several: image data feeds one)."""
+    specs = input_specs(model)
+    if len(specs) != 1:
+        names = ", ".join(s.name for s in specs)
+        raise DataError(f"model has {len(specs)} inputs ({names}); image data feeds exactly one: give .npz files "
+                        "with one array per input")
+    return specs[0]
+
+
+def as_specs(spec: InputSpec | Sequence[InputSpec]) -> list[InputSpec]:
+    return [spec] if isinstance(spec, InputSpec) else list(spec)
+
+
+def fixed_batch(specs: Sequence[InputSpec]) -> int | None:
+    """The batch size every input fixes (None when the batch axis is symbolic)."""
+    return next((s.fixed_batch for s in specs if s.fixed_batch is not None), None)
+
+
+def batch_size_of(batch: Batch) -> int:
+    return len(next(iter(batch.values())))
 
 
 class Dataset(Protocol):
@@ -68,5 +100,6 @@ class Dataset(Protocol):
     @property
     def labels(self) -> np.ndarray | None: ...
 
-    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[Batch, np.ndarray | None]]:
+        """Consecutive batches: a dict input name -> array, and the labels (or None)."""
         ...

@@ -1,14 +1,18 @@
-"""``.npy`` / ``.npz`` tensors as model input (already preprocessed, batch axis first)."""
+"""``.npy`` / ``.npz`` tensors as model input (already preprocessed, batch axis first).
+
+A model with one input takes a ``.npy`` file or an ``.npz`` holding one array (or one named after the input);
+a model with several inputs takes ``.npz`` files with one array per input, named after it.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from qdrop_onnx.data.spec import InputSpec
+from qdrop_onnx.data.spec import Batch, InputSpec, as_specs
 from qdrop_onnx.errors import DataError, first_line
 
 TENSOR_SUFFIXES = (".npy", ".npz")
@@ -21,85 +25,121 @@ def is_tensor_source(path: Path) -> bool:
     return path.is_dir() and any(p.suffix.lower() in TENSOR_SUFFIXES for p in path.iterdir())
 
 
-def _arrays_in(path: Path, spec: InputSpec) -> list[np.ndarray]:
+def _arrays_in(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
+    """The arrays of one file by model input name."""
+    names = [s.name for s in specs]
     try:
         loaded = np.load(path, allow_pickle=False)  # an ndarray, or an NpzFile for a zip (whatever the suffix)
         if isinstance(loaded, np.ndarray):
-            return [loaded]
+            if len(specs) != 1:
+                raise DataError(f"{path} holds one array; the model has {len(specs)} inputs ({', '.join(names)}): "
+                                "give an .npz with one array per input, named after it")
+            return {names[0]: loaded}
         with loaded as archive:
-            if spec.name in archive.files:
-                return [archive[spec.name]]
-            if len(archive.files) == 1:
-                return [archive[archive.files[0]]]
-            raise DataError(f"{path} holds {len(archive.files)} arrays and none is named {spec.name!r} "
-                            "(the model input)")
+            if len(specs) == 1 and names[0] not in archive.files:
+                if len(archive.files) == 1:
+                    return {names[0]: archive[archive.files[0]]}
+                raise DataError(f"{path} holds {len(archive.files)} arrays and none is named {names[0]!r} "
+                                "(the model input)")
+            missing = [n for n in names if n not in archive.files]
+            if missing:
+                raise DataError(f"{path} has no array for model input {missing[0]!r} (it holds "
+                                f"{', '.join(archive.files) or 'none'})")
+            return {n: archive[n] for n in names}
     except DataError:
         raise
     except Exception as exc:  # np.load raises BadZipFile, EOFError, ValueError, OSError, ... on corrupt files
         raise DataError(f"cannot read tensors from {path}: {first_line(exc)}") from None
 
 
+def _fit(array: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+    """``array`` checked against ``spec`` (dtype kind, rank, fixed dims) and cast to its dtype."""
+    if array.dtype.kind not in "biuf":  # bool, int, uint, float: what a model input can take
+        raise DataError(f"tensors in {where} have dtype {array.dtype}; the model input {spec.name} takes "
+                        f"{np.dtype(spec.dtype)}")
+    if not spec.is_float and array.dtype.kind == "f":
+        raise DataError(f"tensors in {where} for input {spec.name} are {array.dtype}; it takes "
+                        f"{np.dtype(spec.dtype)} (token ids and masks are integers)")
+    rank = len(spec.dims)
+    if array.ndim == rank - 1:
+        array = array[None]
+    if array.ndim != rank:
+        raise DataError(f"tensors in {where} for input {spec.name} have rank {array.ndim}; it takes rank {rank}")
+    for axis, dim in enumerate(spec.dims[1:], start=1):
+        if dim is not None and array.shape[axis] != dim:
+            raise DataError(f"tensors in {where} have shape {tuple(array.shape[1:])} per sample but the "
+                            f"model input {spec.name} takes {tuple(spec.dims[1:])}")
+    return array.astype(spec.dtype, copy=False)
+
+
 class TensorDataset:
     """Arrays from one file or every .npy/.npz file of a folder (sorted), concatenated on axis 0.
 
-    ``source`` may also be an in-memory array (batch axis first), e.g. for the Python API.
+    ``source`` may also be an in-memory array (one input) or a dict input name -> array (batch axis first),
+    e.g. for the Python API. ``spec``: the model's input, or the list of all its inputs.
     """
 
-    def __init__(self, source: str | Path | np.ndarray, spec: InputSpec) -> None:
-        if isinstance(source, np.ndarray):
-            path, arrays = Path("<array>"), [source]
+    def __init__(self, source: str | Path | np.ndarray | Mapping[str, np.ndarray],
+                 spec: InputSpec | Sequence[InputSpec]) -> None:
+        specs = as_specs(spec)
+        if isinstance(source, np.ndarray | Mapping):
+            path = Path("<array>")
+            given = dict(source) if isinstance(source, Mapping) else {specs[0].name: source} if len(specs) == 1 else {}
+            missing = [s.name for s in specs if s.name not in given]
+            if missing:
+                raise DataError(f"no array given for model input {missing[0]!r}")
+            parts = [given]
         else:
             path = Path(source)
             files = [path] if path.is_file() else sorted(p for p in path.iterdir()
                                                          if p.suffix.lower() in TENSOR_SUFFIXES)
-            arrays = [a for f in files for a in _arrays_in(f, spec)]
-        for array in arrays:
-            if array.dtype.kind not in "biuf":  # bool, int, uint, float: what a model input can take
-                raise DataError(f"tensors in {path} have dtype {array.dtype}; the model input {spec.name} takes "
-                                f"{np.dtype(spec.dtype)}")
-        rank = len(spec.dims)
-        fixed = [a if a.ndim == rank else a[None] if a.ndim == rank - 1 else None for a in arrays]
-        if any(a is None for a in fixed):
-            raise DataError(f"tensors in {path} do not have the model input's rank {rank}")
-        data = np.concatenate(fixed, axis=0) if fixed else np.empty((0,))
-        if len(data) == 0:
+            parts = [_arrays_in(f, specs) for f in files]
+        if not parts:
             raise DataError(f"no tensors found in {path}")
-        for axis, dim in enumerate(spec.dims[1:], start=1):
-            if dim is not None and data.shape[axis] != dim:
-                raise DataError(f"tensors in {path} have shape {tuple(data.shape[1:])} per sample but the "
-                                f"model input {spec.name} takes {tuple(spec.dims[1:])}")
-        self.data = data.astype(spec.dtype, copy=False)
+        data = {s.name: np.concatenate([_fit(np.asarray(part[s.name]), s, str(path)) for part in parts], axis=0)
+                for s in specs}
+        counts = {name: len(a) for name, a in data.items()}
+        if len(set(counts.values())) != 1:
+            raise DataError(f"tensors in {path} hold different sample counts per input: "
+                            + ", ".join(f"{n} {c}" for n, c in counts.items()))
+        if next(iter(counts.values())) == 0:
+            raise DataError(f"no tensors found in {path}")
+        self.data: dict[str, np.ndarray] = data
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(next(iter(self.data.values())))
 
     def subset(self, indices: Sequence[int]) -> TensorDataset:
         """The samples at ``indices`` (e.g. those calibration did not use, or an even sample for checks)."""
         rest = copy.copy(self)
-        rest.data = self.data[list(indices)]
+        rest.data = {name: a[list(indices)] for name, a in self.data.items()}
         return rest
 
     @property
     def labels(self) -> np.ndarray | None:
         return None
 
-    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        count = len(self.data) if limit is None else min(limit, len(self.data))
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[Batch, np.ndarray | None]]:
+        count = len(self) if limit is None else min(limit, len(self))
         for start in range(0, count, batch_size):
-            yield self.data[start:min(start + batch_size, count)], None
+            stop = min(start + batch_size, count)
+            yield {name: a[start:stop] for name, a in self.data.items()}, None
 
 
-def dataset_from_reader(reader: object, spec: InputSpec) -> TensorDataset:
+def dataset_from_reader(reader: object, spec: InputSpec | Sequence[InputSpec]) -> TensorDataset:
     """Drain an ONNX Runtime ``CalibrationDataReader`` (``get_next() -> {input name: array} | None``).
 
-    Each dict is one batch for the model's single input; the batches are concatenated. Lets pipelines
-    that already feed ``onnxruntime.quantization.quantize_static`` reuse their reader unchanged.
+    Each dict is one batch holding every model input; the batches are concatenated. Lets pipelines that
+    already feed ``onnxruntime.quantization.quantize_static`` reuse their reader unchanged.
     """
-    arrays = []
+    specs = as_specs(spec)
+    parts: list[dict[str, np.ndarray]] = []
     while (item := reader.get_next()) is not None:  # type: ignore[attr-defined]
-        if spec.name not in item:
-            raise DataError(f"the calibration reader gave inputs {sorted(item)}; the model's input is {spec.name}")
-        arrays.append(np.asarray(item[spec.name]))
-    if not arrays:
+        missing = [s.name for s in specs if s.name not in item]
+        if missing:
+            raise DataError(f"the calibration reader gave inputs {sorted(item)}; the model's inputs are "
+                            f"{', '.join(s.name for s in specs)} ({missing[0]} is missing)")
+        parts.append({s.name: _fit(np.asarray(item[s.name]), s, "the calibration reader") for s in specs})
+    if not parts:
         raise DataError("the calibration reader gave no data")
-    return TensorDataset(np.concatenate([a if a.ndim == len(spec.dims) else a[None] for a in arrays]), spec)
+    return TensorDataset({s.name: np.concatenate([p[s.name] for p in parts]) for s in specs}, specs)

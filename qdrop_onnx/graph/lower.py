@@ -65,8 +65,10 @@ class OnnxGraphModule(nn.Module):
     """
 
     def __init__(self, nodes: list[LoweredNode], input_names: list[str], output_names: list[str],
-                 constants: dict[str, np.ndarray]) -> None:
+                 constants: dict[str, np.ndarray], side_inputs: Sequence[str] = ()) -> None:
         super().__init__()
+        # Integer/boolean graph inputs (token ids, attention masks): they steer the data, they are not it.
+        self.side_inputs = set(side_inputs)
         self.ops = nn.ModuleDict({ln.attr: ln.module for ln in nodes})
         # Modules applied to a tensor wherever it appears (activation quantizers): tensor name -> attr.
         self.tensor_ops = nn.ModuleDict()
@@ -93,6 +95,20 @@ class OnnxGraphModule(nn.Module):
         self.tensor_ops = nn.ModuleDict({self._tensor_attr[t]: m for t, m in modules.items()})
         names = [ln.name for ln in self.nodes]
         object.__setattr__(self, "_graph", self.subgraph(names, self.input_names, self.output_names))
+
+    def side_tensors(self) -> set[str]:
+        """Side inputs and every tensor computed only from them and constants (masks, position ids).
+
+        They keep their dtype, are never quantized, do not count as live when the graph is cut into blocks,
+        and are handed to every block that reads them.
+        """
+        side = set(self.side_inputs)
+        for ln in self.nodes:
+            # An embedding lookup (Gather from a constant table by token ids) starts the data, not a side path.
+            lookup = ln.node.op_type == "Gather" and ln.node.input(0) in self.constants
+            if ln.inputs and all(t in side for t in ln.inputs) and not lookup:
+                side.update(t for t in ln.node.outputs if t)
+        return side
 
     def _known_tensors(self) -> set[str]:
         return set(self.input_names) | {t for ln in self.nodes for t in ln.node.outputs if t}
@@ -209,7 +225,9 @@ def lower(model: LoadedModel | onnx.ModelProto) -> OnnxGraphModule:
         if name in constants:
             raise UnsupportedModelError(f"graph output {name!r} is a constant; nothing to quantize",
                                         Counter())
-    return OnnxGraphModule(nodes, input_names, output_names, constants)
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    side = [i.name for i in proto.graph.input if i.name in input_names and i.type.tensor_type.elem_type not in floats]
+    return OnnxGraphModule(nodes, input_names, output_names, constants, side)
 
 
 def describe_unsupported(counts: Counter[str]) -> str:

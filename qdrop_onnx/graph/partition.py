@@ -41,8 +41,14 @@ class Block:
         return self.weighted[0] if self.weighted else self.nodes[0]
 
 
-def _single_live_cuts(nodes: list[LoweredNode], inputs: list[str], outputs: list[str]) -> list[int]:
-    """Indices i such that after node i exactly one non-constant tensor is still needed."""
+def _single_live_cuts(nodes: list[LoweredNode], inputs: list[str], outputs: list[str],
+                      side: frozenset[str] | set[str] = frozenset()) -> list[int]:
+    """Indices i such that after node i exactly one non-constant tensor is still needed.
+
+    ``side`` tensors (masks, position ids: computed only from integer inputs) are not counted: every block
+    that reads one gets it from the cache, so an attention mask live through the whole graph does not
+    stop the graph from being cut on its residual stream.
+    """
     last_use: dict[str, int] = {}
     for i, ln in enumerate(nodes):
         for t in ln.inputs:
@@ -55,7 +61,7 @@ def _single_live_cuts(nodes: list[LoweredNode], inputs: list[str], outputs: list
     for i, ln in enumerate(nodes):
         live = {t for t in live if last_use.get(t, -1) > i}
         live |= {t for t in ln.node.outputs if t and last_use.get(t, -1) > i}
-        if len(live) == 1:
+        if len(live - side) == 1:
             cuts.append(i)
     return cuts
 
@@ -106,7 +112,8 @@ def _split_large(region: list[LoweredNode], max_weighted: int) -> list[list[Lowe
 def partition(model: OnnxGraphModule, max_weighted: int = 8) -> list[Block]:
     """Cut ``model`` into blocks in topological order (see module docstring)."""
     nodes = model.nodes
-    regions = _attach_weightless(_regions(nodes, _single_live_cuts(nodes, model.input_names, model.output_names)))
+    cuts = _single_live_cuts(nodes, model.input_names, model.output_names, model.side_tensors())
+    regions = _attach_weightless(_regions(nodes, cuts))
     parts = [p for r in regions for p in _split_large(r, max_weighted)]
 
     consumers: dict[str, set[int]] = {}

@@ -8,7 +8,7 @@ and hands the learned values to the exporter as :class:`QuantParams`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -111,13 +111,14 @@ class QuantSim:
 
     # ------------------------------------------------------------------------------------ calibration
     @torch.no_grad()
-    def calibrate(self, batches: Iterable[Tensor]) -> None:
-        """Observe activation ranges in float on ``batches``, then initialise every weight quantizer."""
+    def calibrate(self, batches: Iterable[Sequence[Tensor]]) -> None:
+        """Observe activation ranges in float on ``batches`` (each one tensor per graph input, in
+        ``graph.input_names`` order), then initialise every weight quantizer."""
         self.set_quantization(weights=False, activations=False)
         for q in self.acts.values():
             q.start_observing()
-        for x in batches:
-            self.graph(x)
+        for xs in batches:
+            self.graph(*xs)
         for q in self.acts.values():
             q.finish_observing()
         for name, quantizer in self.weights.items():

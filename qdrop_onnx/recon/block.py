@@ -79,8 +79,10 @@ def reconstruction_loss(outputs: Sequence[Tensor], targets: Sequence[Tensor]) ->
 
     The normalisation sets the balance against the rounding regulariser (lambda = 0.01 assumes it).
     """
-    loss = outputs[0].new_zeros(())
+    loss = outputs[0].new_zeros((), dtype=torch.float32)
     for out, tgt in zip(outputs, targets, strict=True):
+        if not out.is_floating_point():  # an integer side output (a mask, position ids) is the same in both
+            continue
         diff = (out - tgt).pow(2)
         loss = loss + (diff.sum(1).mean() if diff.ndim > 1 else diff.mean())
     return loss

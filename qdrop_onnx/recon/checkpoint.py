@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,13 @@ class CheckpointError(QdropError):
     """A checkpoint that cannot be used for this run."""
 
 
-def run_fingerprint(model_bytes: bytes, settings: dict[str, Any], samples: torch.Tensor) -> str:
-    """sha256 over what decides the result: the model, every setting, the calibration samples."""
+def run_fingerprint(model_bytes: bytes, settings: dict[str, Any], samples: Sequence[torch.Tensor]) -> str:
+    """sha256 over what decides the result: the model, every setting, the calibration samples (every input)."""
     digest = hashlib.sha256()
     digest.update(model_bytes)
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    digest.update(samples.detach().cpu().contiguous().numpy().tobytes())
+    for x in samples:
+        digest.update(x.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -74,10 +74,12 @@ def _eval_loss(forward: Callable[..., list[Tensor]], x_fp: Sequence[Tensor], x_q
 
 
 def _block_inputs(cache: TensorCache, block: Block, device: torch.device) -> tuple[list[Tensor], list[Tensor]]:
-    # Block tensors go to the compute device once, not once per step.
-    x_fp = [_channels_last(cache.fp[t].to(device, torch.float32)) for t in block.inputs]
-    x_q = [_channels_last(cache.q[t].to(device, torch.float32)) for t in block.inputs]
-    return x_fp, x_q
+    # Block tensors go to the compute device once, not once per step; float ones in float32 (the cache may
+    # hold float16), integer/boolean side tensors (token ids, masks) in their own dtype.
+    def load(t: Tensor) -> Tensor:
+        return _channels_last(t.to(device, torch.float32) if t.is_floating_point() else t.to(device))
+
+    return [load(cache.fp[t]) for t in block.inputs], [load(cache.q[t]) for t in block.inputs]
 
 
 def _replay_one(sim: QuantSim, block: Block, cache: TensorCache, config: ReconConfig, device: torch.device) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from qdrop_onnx.data.spec import Dataset, InputSpec
+from qdrop_onnx.data.spec import Dataset, InputSpec, as_specs, batch_size_of, fixed_batch
 from qdrop_onnx.errors import DataError
 from qdrop_onnx.verify.evaluate import make_session, run_first_output
 
@@ -52,13 +53,14 @@ def sqnr_db(signal_power: float, noise_power: float) -> float:
 
 
 def compare_models(reference: str | Path | ort.InferenceSession, quantized: str | Path | ort.InferenceSession,
-                   dataset: Dataset, spec: InputSpec, *, batch_size: int = 64, limit: int | None = None,
+                   dataset: Dataset, spec: InputSpec | Sequence[InputSpec], *, batch_size: int = 64,
+                   limit: int | None = None,
                    device: str = "cpu") -> Comparison:
     """Evaluate both models on ``dataset`` (first output = logits/scores) and compare them."""
     ref = reference if isinstance(reference, ort.InferenceSession) else make_session(reference, device=device)
     qnt = quantized if isinstance(quantized, ort.InferenceSession) else make_session(quantized, device=device)
     labeled = dataset.labels is not None
-    batch_size = spec.fixed_batch or batch_size
+    batch_size = fixed_batch(as_specs(spec)) or batch_size
     hits = {"ref": [0, 0], "q": [0, 0]}
     count = agree = 0
     signal = noise = 0.0
@@ -67,7 +69,7 @@ def compare_models(reference: str | Path | ort.InferenceSession, quantized: str 
         outs = {}
         for key, session in (("ref", ref), ("q", qnt)):
             start = time.perf_counter()
-            outs[key] = run_first_output(session, x, spec).reshape(len(x), -1).astype(np.float64)
+            outs[key] = run_first_output(session, x, spec).reshape(batch_size_of(x), -1).astype(np.float64)
             seconds[key] += time.perf_counter() - start
             if labeled and y is not None:
                 top1, top5 = _topk_hits(outs[key], y)
@@ -76,7 +78,7 @@ def compare_models(reference: str | Path | ort.InferenceSession, quantized: str 
         agree += int((outs["ref"].argmax(1) == outs["q"].argmax(1)).sum())
         signal += float((outs["ref"] ** 2).sum())
         noise += float(((outs["ref"] - outs["q"]) ** 2).sum())
-        count += len(x)
+        count += batch_size_of(x)
     if count == 0:
         raise DataError("no samples to compare the models on")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from qdrop_onnx.data.spec import Dataset, InputSpec
+from qdrop_onnx.data.spec import Batch, Dataset, InputSpec, as_specs, batch_size_of, fixed_batch
 from qdrop_onnx.errors import DataError, ModelLoadError, first_line
 
 OPT_LEVELS = {
@@ -87,32 +88,32 @@ class ClassificationResult:
     predictions: np.ndarray
 
 
-def run_first_output(session: ort.InferenceSession, x: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """The first output of ``session`` on batch ``x``; a model with a fixed batch size gets a padded batch."""
-    if spec.fixed_batch is not None and len(x) < spec.fixed_batch:
-        pad = np.repeat(x[-1:], spec.fixed_batch - len(x), axis=0)
-        return session.run(None, {spec.name: np.concatenate([x, pad])})[0][:len(x)]
-    return session.run(None, {spec.name: x})[0]
+def run_first_output(session: ort.InferenceSession, batch: Batch, spec: InputSpec | Sequence[InputSpec]) -> np.ndarray:
+    """The first output of ``session`` on ``batch``; a model with a fixed batch size gets a padded batch."""
+    count, fixed = batch_size_of(batch), fixed_batch(as_specs(spec))
+    if fixed is not None and count < fixed:
+        padded = {n: np.concatenate([a, np.repeat(a[-1:], fixed - count, axis=0)]) for n, a in batch.items()}
+        return session.run(None, padded)[0][:count]
+    return session.run(None, batch)[0]
 
 
-def evaluate_classification(session: ort.InferenceSession, dataset: Dataset, spec: InputSpec, *,
+def evaluate_classification(session: ort.InferenceSession, dataset: Dataset, spec: InputSpec | Sequence[InputSpec], *,
                             batch_size: int = 64, limit: int | None = None) -> ClassificationResult:
     """Top-1/top-5 of ``session`` on a labeled dataset (the first model output is the logits)."""
     if dataset.labels is None:
         raise DataError("accuracy needs labels: put the images in one folder per class")
-    if spec.fixed_batch is not None:
-        batch_size = spec.fixed_batch
+    batch_size = fixed_batch(as_specs(spec)) or batch_size
     start = time.perf_counter()
     top1 = top5 = count = 0
     predictions = []
     for x, y in dataset.batches(batch_size, limit):
         logits = run_first_output(session, x, spec)
-        logits = logits.reshape(len(x), -1)
+        logits = logits.reshape(batch_size_of(x), -1)
         k = min(5, logits.shape[1])
         top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
         top1 += int((top[:, 0] == y).sum())
         top5 += int((top == y[:, None]).any(axis=1).sum())
-        count += len(x)
+        count += batch_size_of(x)
         predictions.append(top[:, 0])
     return ClassificationResult(100.0 * top1 / count, 100.0 * top5 / count, count,
                                 time.perf_counter() - start, np.concatenate(predictions))
