@@ -178,7 +178,19 @@ def _reconstruct(sim: QuantSim, graph: OnnxGraphModule, samples: list[torch.Tens
 
     budget = int(config.max_cache_gb * 1e9) if config.max_cache_gb is not None else default_cache_bytes()
     return reconstruct(sim, blocks, samples, recon_config(config, graph), device, cache_dtype, progress, on_block,
-                       finished=finished, after_block=after_block, max_cache_bytes=budget)
+                       finished=finished, after_block=after_block, max_cache_bytes=budget,
+                       positions=_position_mask(graph, samples))
+
+
+def _position_mask(graph: OnnxGraphModule, samples: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """Which sequence positions are real tokens: the ``attention_mask`` input of BERT-family models (or
+    the one integer [N, T] input holding only 0 and 1). None for models without one (images)."""
+    candidates = [(name, x) for name, x in zip(graph.input_names, samples, strict=True)
+                  if name in graph.side_inputs and x.ndim == 2 and bool(((x == 0) | (x == 1)).all())]
+    named = [x for name, x in candidates if name == "attention_mask"]
+    if named or len(candidates) == 1:
+        return (named or [candidates[0][1]])[0]
+    return None
 
 
 def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | object, config: QuantConfig,

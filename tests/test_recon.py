@@ -183,3 +183,16 @@ def test_a_block_that_learning_made_worse_keeps_round_to_nearest() -> None:
             assert record.loss_after == record.loss_before
             for name in blocks[record.index].weighted:
                 assert torch.equal(sim.weights[name].integers(sim.graph.op(name).weight), rtn[name])
+
+
+def test_sequence_loss_sums_features_and_ignores_padded_positions() -> None:
+    from qdrop_onnx.recon.block import reconstruction_loss
+
+    target = torch.zeros(2, 3, 4)
+    out = target.clone()
+    out[0, 0] = 1.0  # a real token: error 4 (summed over the 4 features)
+    out[1, 2] = 100.0  # a padded position: must not count
+    positions = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert float(reconstruction_loss([out], [target], positions)) == pytest.approx(4.0 / 5)  # 5 real positions
+    # Without the mask (images, or no attention mask): dim 1 is the feature axis, as before.
+    assert float(reconstruction_loss([out], [target])) == float((out - target).pow(2).sum(1).mean())

@@ -104,9 +104,11 @@ class OnnxGraphModule(nn.Module):
         """
         side = set(self.side_inputs)
         for ln in self.nodes:
-            # An embedding lookup (Gather from a constant table by token ids) starts the data, not a side path.
+            # An embedding lookup (Gather from a constant table by token ids) starts the data, not a side path;
+            # a Shape reads only its input's dims, which quantization never changes (mask builders use it).
             lookup = ln.node.op_type == "Gather" and ln.node.input(0) in self.constants
-            if ln.inputs and all(t in side for t in ln.inputs) and not lookup:
+            shape = ln.node.op_type == "Shape"
+            if shape or (ln.inputs and all(t in side for t in ln.inputs) and not lookup):
                 side.update(t for t in ln.node.outputs if t)
         return side
 

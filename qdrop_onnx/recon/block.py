@@ -74,14 +74,22 @@ def beta_at(step: int, config: ReconConfig) -> float:
     return config.beta_end + (config.beta_start - config.beta_end) * max(0.0, 1.0 - rel)
 
 
-def reconstruction_loss(outputs: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
-    """Squared error summed over channels (dim 1), averaged over batch and positions, as the reference.
+def reconstruction_loss(outputs: Sequence[Tensor], targets: Sequence[Tensor],
+                        positions: Tensor | None = None) -> Tensor:
+    """Squared error summed over the feature axis, averaged over batch and positions, as the reference.
 
-    The normalisation sets the balance against the rounding regulariser (lambda = 0.01 assumes it).
+    Feature axis: dim 1 for images [B, C, H, W] (and [B, D]); the last one for sequences [B, T, D], whose
+    padded positions (``positions`` [B, T], 1 = real token: the attention mask) do not count. The
+    normalisation sets the balance against the rounding regulariser (lambda = 0.01 assumes it).
     """
     loss = outputs[0].new_zeros((), dtype=torch.float32)
     for out, tgt in zip(outputs, targets, strict=True):
         if not out.is_floating_point():  # an integer side output (a mask, position ids) is the same in both
+            continue
+        if positions is not None and out.ndim == 3 and tuple(out.shape[:2]) == tuple(positions.shape):
+            per_position = (out - tgt).pow(2).sum(-1)
+            weight = positions.to(per_position.dtype)
+            loss = loss + (per_position * weight).sum() / weight.sum().clamp_min(1.0)
             continue
         diff = (out - tgt).pow(2)
         loss = loss + (diff.sum(1).mean() if diff.ndim > 1 else diff.mean())
@@ -94,11 +102,13 @@ BlockForward = Callable[[Sequence[Tensor], Sequence[Tensor]], list[Tensor]]
 def reconstruct_block(forward: BlockForward, x_fp: Sequence[Tensor], x_q: Sequence[Tensor],
                       y_fp: Sequence[Tensor], rounding: Sequence[AdaRoundQuantizer],
                       acts: Sequence[ActivationQuantizer], config: ReconConfig,
-                      progress: Callable[[int, float], None] | None = None) -> tuple[list[float], float]:
+                      progress: Callable[[int, float], None] | None = None,
+                      positions: Tensor | None = None) -> tuple[list[float], float]:
     """Optimise ``rounding`` (and ``acts`` step sizes) so that ``forward(x_fp, x_q)`` matches ``y_fp``.
 
     ``forward`` receives a batch of the float and quantized-model inputs and returns the block outputs as
-    the quantized model computes them (dropping happens inside). Returns the loss trace (every 50 steps)
+    the quantized model computes them (dropping happens inside). ``positions``: which sequence positions
+    are real tokens, per sample (see :func:`reconstruction_loss`). Returns the loss trace (every 50 steps)
     and the seconds spent.
     """
     start = time.perf_counter()
@@ -118,7 +128,7 @@ def reconstruct_block(forward: BlockForward, x_fp: Sequence[Tensor], x_q: Sequen
         batch_q = [t[idx] for t in x_q]
         target = [t[idx] for t in y_fp]
         out = forward(batch_fp, batch_q)
-        rec = reconstruction_loss(out, target)
+        rec = reconstruction_loss(out, target, None if positions is None else positions[idx])
         loss = rec
         if step >= warm and rounding:
             beta = beta_at(step, config)

@@ -63,13 +63,14 @@ def _channels_last(t: Tensor) -> Tensor:
 
 @torch.no_grad()
 def _eval_loss(forward: Callable[..., list[Tensor]], x_fp: Sequence[Tensor], x_q: Sequence[Tensor],
-               y_fp: Sequence[Tensor], device: torch.device) -> float:
+               y_fp: Sequence[Tensor], device: torch.device, positions: Tensor | None = None) -> float:
     count = min(EVAL_SAMPLES, x_fp[0].shape[0])
     total = 0.0
     for start in range(0, count, EVAL_BATCH):
         sl = slice(start, min(start + EVAL_BATCH, count))
         out = forward([t[sl].to(device) for t in x_fp], [t[sl].to(device) for t in x_q])
-        total += float(reconstruction_loss(out, [t[sl].to(device) for t in y_fp])) * (sl.stop - sl.start)
+        mask = None if positions is None else positions[sl].to(device)
+        total += float(reconstruction_loss(out, [t[sl].to(device) for t in y_fp], mask)) * (sl.stop - sl.start)
     return total / count
 
 
@@ -95,7 +96,8 @@ def _replay_one(sim: QuantSim, block: Block, cache: TensorCache, config: ReconCo
 
 
 def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: ReconConfig,
-                     device: torch.device, progress: StepCallback | None) -> BlockRecord:
+                     device: torch.device, progress: StepCallback | None,
+                     positions: Tensor | None = None) -> BlockRecord:
     graph = sim.graph
     qa = config.quantize_activations
     plain = graph.subgraph(block.nodes, block.inputs, block.outputs, transform_inputs=True)
@@ -115,7 +117,7 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
 
     for q in rounding:
         q.hard = True
-    loss_before = _eval_loss(eval_forward, x_fp, x_q, y_fp, device)
+    loss_before = _eval_loss(eval_forward, x_fp, x_q, y_fp, device, positions)
     for q in rounding:
         q.hard = False
     start_state = [q.alpha.detach().clone() for q in rounding] + [q.scale.detach().clone() for q in learned_acts]
@@ -124,7 +126,8 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
         q.drop_prob = config.drop_prob
     try:
         step_progress = (lambda step, loss: progress(block.index, step, loss)) if progress else None
-        trace, seconds = reconstruct_block(forward, x_fp, x_q, y_fp, rounding, learned_acts, config, step_progress)
+        trace, seconds = reconstruct_block(forward, x_fp, x_q, y_fp, rounding, learned_acts, config, step_progress,
+                                           positions)
     finally:
         for q in learned_acts:
             q.drop_prob = 0.0
@@ -133,7 +136,7 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
                                                                                   for q in rounding), 1)
     for q in rounding:
         q.harden()
-    loss_after = _eval_loss(eval_forward, x_fp, x_q, y_fp, device)
+    loss_after = _eval_loss(eval_forward, x_fp, x_q, y_fp, device, positions)
     kept_rtn = loss_after > loss_before
     if kept_rtn:
         # Never worse than where it started: a very short budget (or a bad step) can end above the
@@ -143,7 +146,7 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
             for param, value in zip([q.alpha for q in rounding] + [q.scale for q in learned_acts], start_state,
                                     strict=True):
                 param.copy_(value)
-        loss_after = _eval_loss(eval_forward, x_fp, x_q, y_fp, device)
+        loss_after = _eval_loss(eval_forward, x_fp, x_q, y_fp, device, positions)
 
     y_q = run_batched(plain, x_q, EVAL_BATCH, device)
     for name, fp, q in zip(block.outputs, y_fp, y_q, strict=True):
@@ -156,14 +159,17 @@ def reconstruct(sim: QuantSim, blocks: list[Block], calibration: Sequence[Tensor
                 device: torch.device | str = "cpu", cache_dtype: torch.dtype = torch.float32,
                 progress: StepCallback | None = None, done: DoneCallback | None = None,
                 finished: Sequence[BlockRecord] = (), max_cache_bytes: int | None = None,
-                after_block: Callable[[list[BlockRecord]], None] | None = None) -> list[BlockRecord]:
+                after_block: Callable[[list[BlockRecord]], None] | None = None,
+                positions: Tensor | None = None) -> list[BlockRecord]:
     """Reconstruct ``blocks`` in order on ``calibration`` (one tensor per graph input, samples first).
 
     Activation ranges and weight scales must already be initialised (``QuantSim.calibrate``). Leaves the
     simulation with every quantizer on and the learned rounding hardened. ``finished``: records of blocks
     already reconstructed in an earlier run whose learned state is loaded into ``sim`` (resume): they are
     only replayed to rebuild the cache. ``after_block(records)`` runs after each block (checkpointing).
-    ``max_cache_bytes`` bounds the cached block tensors (float16 past it, then an error).
+    ``max_cache_bytes`` bounds the cached block tensors (float16 past it, then an error). ``positions``
+    [samples, T] marks real sequence positions (1) against padding (0): padded positions of [B, T, D] block
+    outputs do not count in the loss.
     """
     device = torch.device(device)
     graph = sim.graph
@@ -184,7 +190,8 @@ def reconstruct(sim: QuantSim, blocks: list[Block], calibration: Sequence[Tensor
                 continue
             torch.manual_seed(config.seed + k)
             start = time.perf_counter()
-            record = _reconstruct_one(sim, block, cache, config, device, progress)
+            record = _reconstruct_one(sim, block, cache, config, device, progress,
+                                      None if positions is None else positions.to(device))
             record.seconds = time.perf_counter() - start
             records.append(record)
             if after_block is not None:
