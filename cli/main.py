@@ -229,9 +229,9 @@ def _echo_verification_table(verification: dict[str, Any], coverage: Any) -> Non
     """The float-vs-quantized table that `quantize` and `eval --reference` both print."""
     from qdrop_onnx.verify.report import verification_rows
 
-    click.echo(f"  {'':<18} {'float':>10} {'quantized':>10}")
+    click.echo(f"  {'':<22} {'float':>10} {'quantized':>10}")
     for metric, ref, q in verification_rows(verification):
-        click.echo(f"  {metric:<18} {ref:>10} {q:>10}")
+        click.echo(f"  {metric:<22} {ref:>10} {q:>10}")
     if coverage is not None:
         click.echo(f"  integer kernels: {coverage.integer} of {coverage.total} weighted ops")
 

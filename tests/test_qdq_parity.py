@@ -31,16 +31,18 @@ BITS = (8, 6, 4, 3, 2)
 TIE = 1e-4
 
 
-def forced_run(result, x: np.ndarray, fmt: str) -> dict:
-    """Run ORT (BASIC) and torch with torch's quantizers fed ORT's values; compare outputs and codes."""
+def forced_run(result, x: np.ndarray | dict[str, np.ndarray], fmt: str) -> dict:
+    """Run ORT (BASIC) and torch with torch's quantizers fed ORT's values; compare outputs and codes.
+
+    ``x``: the batch of a one-input model, or a dict input name -> array."""
     model = onnx.ModelProto()
     model.CopyFrom(result.model)
     names = {t: activation_output(ap, fmt) for t, ap in result.params.activations.items()}
     for name in names.values():
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = make_session(model.SerializeToString(), device="cpu", opt_level="basic")
-    spec = input_spec(result.model)
-    outs = session.run(None, {spec.name: x})
+    feeds = x if isinstance(x, dict) else {input_spec(result.model).name: x}
+    outs = session.run(None, feeds)
     ort_out, ort_acts = outs[0], dict(zip(names, outs[1:], strict=True))
 
     mismatches, total, worst_step, worst_tie = 0, 0, 0, 0.0
@@ -61,7 +63,7 @@ def forced_run(result, x: np.ndarray, fmt: str) -> dict:
         hooks.append(q.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            torch_out = result.sim.graph(torch.from_numpy(x)).numpy()
+            torch_out = result.sim.graph(*[torch.from_numpy(feeds[n]) for n in result.sim.graph.input_names]).numpy()
     finally:
         for h in hooks:
             h.remove()

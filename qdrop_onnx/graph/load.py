@@ -142,17 +142,25 @@ def _load_model(source: str | Path | onnx.ModelProto, simplify: bool,
 
 
 def _check_finite(model: onnx.ModelProto) -> None:
-    """NaN/Inf weights would give NaN scales and a file that computes garbage: refuse them up front."""
+    """NaN/Inf weights would give NaN scales and a file that computes garbage: refuse them up front.
+
+    NaN is refused in any float initializer; +-Inf only where it is a weight (an operand of a weighted or
+    normalisation op): a -inf fill value for masked attention scores (BERT exports) is legitimate.
+    """
+    weight_ops = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization"}
     consumers: dict[str, str] = {}
+    weights: set[str] = set()
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, node.name or node.op_type)
+            if node.op_type in weight_ops:
+                weights.add(name)
     for init in model.graph.initializer:
         if init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
             continue
         values = onnx.numpy_helper.to_array(init)
-        if not np.isfinite(values).all():
-            bad = int((~np.isfinite(values)).sum())
+        bad = int(np.isnan(values).sum()) + (int(np.isinf(values).sum()) if init.name in weights else 0)
+        if bad:
             where = f" (used by node {consumers[init.name]})" if init.name in consumers else ""
             raise ModelLoadError(f"initializer {init.name}{where} has {bad} NaN/Inf value{'s' if bad > 1 else ''}; "
                                  "the model's weights must be finite")

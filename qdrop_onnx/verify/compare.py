@@ -1,8 +1,10 @@
 """Run a reference (float) and a quantized model side by side in ONNX Runtime on the same inputs.
 
-What a user needs to trust a quantized file: its accuracy next to the float model's when the data has
-labels, and in any case how often the two agree on the top-1 class and the output SQNR
-(10 log10 of signal power over quantization-noise power, over all outputs of the first model output).
+What a user needs to trust a quantized file, by the kind of its first output: for class logits the
+accuracy next to the float model's when the data has labels and how often the two agree on the top-1
+class; for hidden states of a sequence model the cosine of the mean-pooled sentence embeddings (over the
+tokens the attention mask marks); for anything else the cosine per sample; and in every case the output
+SQNR (10 log10 of signal power over quantization-noise power, padded positions left out).
 """
 
 from __future__ import annotations
@@ -20,23 +22,59 @@ from qdrop_onnx.data.spec import Dataset, InputSpec, as_specs, batch_size_of, fi
 from qdrop_onnx.errors import DataError
 from qdrop_onnx.verify.evaluate import make_session, run_first_output
 
+# What the first model output is, which decides the metrics that mean something for it:
+# "classes" [N, C] logits (top-1/top-5 with labels, top-1 agreement); "sequence" [N, T, D] hidden states with an
+# attention mask (cosine of the mean-pooled embeddings, SQNR over real tokens); "tensor" anything else (SQNR,
+# cosine per sample).
+OUTPUT_KINDS = ("classes", "sequence", "tensor")
+
 
 @dataclass
 class Comparison:
-    """FP vs quantized on ``count`` samples. Top-k are percentages (None without labels)."""
+    """FP vs quantized on ``count`` samples. Top-k are percentages (None without labels); ``agreement``
+    only for class outputs, ``cosine_mean``/``cosine_min`` (per sample: of the mean-pooled embedding of
+    sequence outputs, of the flattened output otherwise) only for the other kinds."""
 
     count: int
     reference_top1: float | None
     reference_top5: float | None
     quantized_top1: float | None
     quantized_top5: float | None
-    agreement: float
+    agreement: float | None
     sqnr_db: float
     reference_seconds: float
     quantized_seconds: float
+    kind: str = "classes"
+    cosine_mean: float | None = None
+    cosine_min: float | None = None
 
-    def to_dict(self) -> dict[str, float | int | None]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        """Every field, less the metrics that do not apply to this kind of output."""
+        out = asdict(self)
+        for key in ("agreement", "cosine_mean", "cosine_min"):
+            if out[key] is None:
+                del out[key]
+        return out
+
+
+def output_kind(output: np.ndarray, positions: np.ndarray | None) -> str:
+    if output.ndim == 2 and output.shape[1] > 1:
+        return "classes"
+    if output.ndim == 3 and positions is not None and positions.shape == output.shape[:2]:
+        return "sequence"
+    return "tensor"
+
+
+def _positions(batch: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The attention mask of a batch (1 = real token), when the model takes one."""
+    mask = batch.get("attention_mask")
+    return None if mask is None or mask.ndim != 2 else mask.astype(np.float64)
+
+
+def _cosines(ref: np.ndarray, q: np.ndarray) -> np.ndarray:
+    num = (ref * q).sum(1)
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(q, axis=1)
+    return np.where(den > 0, num / np.maximum(den, 1e-300), 1.0)
 
 
 def _topk_hits(logits: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
@@ -65,25 +103,45 @@ def compare_models(reference: str | Path | ort.InferenceSession, quantized: str 
     count = agree = 0
     signal = noise = 0.0
     seconds = {"ref": 0.0, "q": 0.0}
+    kind = None
+    cosines: list[np.ndarray] = []
     for x, y in dataset.batches(batch_size, limit):
-        outs = {}
+        raw = {}
         for key, session in (("ref", ref), ("q", qnt)):
             start = time.perf_counter()
-            outs[key] = run_first_output(session, x, spec).reshape(batch_size_of(x), -1).astype(np.float64)
+            raw[key] = run_first_output(session, x, spec).astype(np.float64)
             seconds[key] += time.perf_counter() - start
-            if labeled and y is not None:
-                top1, top5 = _topk_hits(outs[key], y)
-                hits[key][0] += top1
-                hits[key][1] += top5
-        agree += int((outs["ref"].argmax(1) == outs["q"].argmax(1)).sum())
-        signal += float((outs["ref"] ** 2).sum())
-        noise += float(((outs["ref"] - outs["q"]) ** 2).sum())
-        count += batch_size_of(x)
+        positions = _positions(x)
+        kind = kind or output_kind(raw["ref"], positions)
+        n = batch_size_of(x)
+        if kind == "sequence":
+            weight = positions[..., None]  # padded positions carry no signal and no noise
+            signal += float(((raw["ref"] * weight) ** 2).sum())
+            noise += float((((raw["ref"] - raw["q"]) * weight) ** 2).sum())
+            pooled = {k: (v * weight).sum(1) / np.maximum(weight.sum(1), 1.0) for k, v in raw.items()}
+            cosines.append(_cosines(pooled["ref"], pooled["q"]))
+        else:
+            outs = {k: v.reshape(n, -1) for k, v in raw.items()}
+            if kind == "classes":
+                for key in ("ref", "q"):
+                    if labeled and y is not None:
+                        top1, top5 = _topk_hits(outs[key], y)
+                        hits[key][0] += top1
+                        hits[key][1] += top5
+                agree += int((outs["ref"].argmax(1) == outs["q"].argmax(1)).sum())
+            else:
+                cosines.append(_cosines(outs["ref"], outs["q"]))
+            signal += float((outs["ref"] ** 2).sum())
+            noise += float(((outs["ref"] - outs["q"]) ** 2).sum())
+        count += n
     if count == 0:
         raise DataError("no samples to compare the models on")
 
     def pct(n: int) -> float | None:
-        return 100.0 * n / count if labeled else None
+        return 100.0 * n / count if labeled and kind == "classes" else None
 
+    cos = np.concatenate(cosines) if cosines else None
     return Comparison(count, pct(hits["ref"][0]), pct(hits["ref"][1]), pct(hits["q"][0]), pct(hits["q"][1]),
-                      100.0 * agree / count, sqnr_db(signal, noise), seconds["ref"], seconds["q"])
+                      100.0 * agree / count if kind == "classes" else None, sqnr_db(signal, noise), seconds["ref"],
+                      seconds["q"], kind or "classes", None if cos is None else float(cos.mean()),
+                      None if cos is None else float(cos.min()))

@@ -96,7 +96,12 @@ def verification_rows(verification: dict[str, Any]) -> list[tuple[str, str, str]
                      _fmt(verification["quantized_top1"], unit=" %")))
         rows.append(("top-5", _fmt(verification["reference_top5"], unit=" %"),
                      _fmt(verification["quantized_top5"], unit=" %")))
-    rows.append(("top-1 agreement", "", _fmt(verification["agreement"], unit=" %")))
+    if verification.get("agreement") is not None:
+        rows.append(("top-1 agreement", "", _fmt(verification["agreement"], unit=" %")))
+    if verification.get("cosine_mean") is not None:
+        what = "embedding cosine" if verification.get("kind") == "sequence" else "output cosine"
+        rows.append((f"{what} mean", "", _fmt(verification["cosine_mean"], ".4f")))
+        rows.append((f"{what} min", "", _fmt(verification["cosine_min"], ".4f")))
     rows.append(("output SQNR", "", _fmt(verification["sqnr_db"], ".1f", " dB")))
     rows.append(("ORT time", _fmt(verification["reference_seconds"], ".2f", " s"),
                  _fmt(verification["quantized_seconds"], ".2f", " s")))
