@@ -90,3 +90,21 @@ def test_qdrop_beats_round_to_nearest_at_w4a8(tmp_path: Path) -> None:
     _, qdrop = _quantize(tmp_path, "qdrop", method="qdrop", **common)
     r, q = rtn.comparison, qdrop.comparison
     assert q.cosine_mean >= r.cosine_mean + 0.01 and q.cosine_min > r.cosine_min
+
+
+@needs_assets
+def test_inspect_marks_side_inputs_and_shows_two_blocks_per_layer() -> None:
+    import subprocess
+    import sys
+
+    cli = str(Path(sys.executable).parent / "qdrop-onnx")
+    proc = subprocess.run([cli, "inspect", str(MODEL)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line for line in lines if line.startswith("input:")] == [
+        f"input:  {name} [batch, seq]  int64, side input (keeps its dtype, never quantized)"
+        for name in ("input_ids", "attention_mask", "token_type_ids")]
+    assert "weighted layers (36, 10,635,264 parameters):" in lines
+    assert "blocks (12):" in lines  # the attention unit and the FFN unit of each of the 6 layers
+    weighted = [int(line.split()[2]) for line in lines if line.startswith("  #")]
+    assert weighted == [4, 2] * 6
