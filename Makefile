@@ -24,10 +24,12 @@ lint: install
 
 # The declared minimum versions (pyproject.toml's '>=' floors, read by .ci/floors.py) in a throwaway venv,
 # running a quick subset: the loader, every op's parity with ONNX Runtime (MiniLM's too), one RTN quantize
-# through the CLI.
+# through the CLI, text calibration through the tokenizers floor.
 FLOOR_VENV  := .venv-floors
 FLOOR_TESTS := tests/test_load.py tests/test_ops.py tests/test_qdq_parity.py::test_relu6_model_qdq_matches_torch_at_every_bit_width \
-               tests/test_cli_reports.py::test_rtn_report_has_one_panel_and_no_report_flag tests/test_minilm.py
+               tests/test_cli_reports.py::test_rtn_report_has_one_panel_and_no_report_flag \
+               tests/test_minilm.py::test_torch_rebuild_matches_onnxruntime_on_padded_sentences \
+               tests/test_minilm.py::test_w8a8_from_text_keeps_the_embeddings_and_runs_at_other_shapes tests/test_text.py
 floors:
 	rm -rf $(FLOOR_VENV)
 	$(PYTHON) -m venv $(FLOOR_VENV)
