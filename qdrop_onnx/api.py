@@ -14,7 +14,7 @@ import onnx
 import torch
 
 from qdrop_onnx.data import Dataset, InputSpec, dataset_from_reader, input_specs, open_dataset
-from qdrop_onnx.data.spec import as_specs
+from qdrop_onnx.data.spec import POSITION_MASK, as_specs
 from qdrop_onnx.errors import DataError
 from qdrop_onnx.export.qdq import ExportError, build_qdq_model, save_model_atomic
 from qdrop_onnx.graph import load_model, lower, partition
@@ -183,14 +183,10 @@ def _reconstruct(sim: QuantSim, graph: OnnxGraphModule, samples: list[torch.Tens
 
 
 def _position_mask(graph: OnnxGraphModule, samples: Sequence[torch.Tensor]) -> torch.Tensor | None:
-    """Which sequence positions are real tokens: the ``attention_mask`` input of BERT-family models (or
-    the one integer [N, T] input holding only 0 and 1). None for models without one (images)."""
-    candidates = [(name, x) for name, x in zip(graph.input_names, samples, strict=True)
-                  if name in graph.side_inputs and x.ndim == 2 and bool(((x == 0) | (x == 1)).all())]
-    named = [x for name, x in candidates if name == "attention_mask"]
-    if named or len(candidates) == 1:
-        return (named or [candidates[0][1]])[0]
-    return None
+    """Which sequence positions are real tokens: the model's ``attention_mask`` input ([N, T] of 0 and 1),
+    or None (images, and models without one)."""
+    mask = dict(zip(graph.input_names, samples, strict=True)).get(POSITION_MASK)
+    return mask if mask is not None and mask.ndim == 2 and POSITION_MASK in graph.side_inputs else None
 
 
 def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | object, config: QuantConfig,

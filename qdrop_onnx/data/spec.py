@@ -23,6 +23,9 @@ _NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np
                 onnx.TensorProto.INT32: np.int32, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_}
 
 Batch = dict[str, np.ndarray]
+# The input that marks real tokens (1) against padding (0), by the name BERT-family exports give it: the
+# reconstruction loss and the verification metrics of sequence outputs count only those positions.
+POSITION_MASK = "attention_mask"
 
 
 @dataclass(frozen=True)

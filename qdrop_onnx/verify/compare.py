@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from qdrop_onnx.data.spec import Dataset, InputSpec, as_specs, batch_size_of, fixed_batch
+from qdrop_onnx.data.spec import POSITION_MASK, Dataset, InputSpec, as_specs, batch_size_of, fixed_batch
 from qdrop_onnx.errors import DataError
 from qdrop_onnx.verify.evaluate import make_session, run_first_output
 
@@ -67,7 +67,7 @@ def output_kind(output: np.ndarray, positions: np.ndarray | None) -> str:
 
 def _positions(batch: dict[str, np.ndarray]) -> np.ndarray | None:
     """The attention mask of a batch (1 = real token), when the model takes one."""
-    mask = batch.get("attention_mask")
+    mask = batch.get(POSITION_MASK)
     return None if mask is None or mask.ndim != 2 else mask.astype(np.float64)
 
 
