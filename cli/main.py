@@ -141,8 +141,9 @@ def _text_options(command: Any) -> Any:
               help="Split a region with more weighted layers than this into several blocks.")
 def inspect(model: str, max_block_weights: int) -> None:
     """Show a model's ops, weighted layers, reconstruction blocks and unsupported ops."""
-    import onnx
+    import numpy as np
 
+    from qdrop_onnx.data import input_specs
     from qdrop_onnx.graph import load_model, lower, partition
 
     loaded = load_model(model)
@@ -152,18 +153,14 @@ def inspect(model: str, max_block_weights: int) -> None:
     steps = [f"{loaded.folded_batchnorms} BatchNormalization folded into Conv"]
     steps.append("simplified with onnxsim" if loaded.simplified else "not simplified")
     click.echo("cleaning: " + ", ".join(steps))
-    initializers = {t.name for t in proto.graph.initializer}
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-    several = sum(1 for v in proto.graph.input if v.name not in initializers) > 1
-    for value in proto.graph.input:
-        if value.name in initializers:
-            continue
-        dims = [d.dim_param or str(d.dim_value) for d in value.type.tensor_type.shape.dim]
-        elem = value.type.tensor_type.elem_type
+    specs = input_specs(proto)
+    values = {v.name: v for v in proto.graph.input}
+    for spec in specs:
+        dims = [d.dim_param or str(d.dim_value) for d in values[spec.name].type.tensor_type.shape.dim]
         # Only models with several inputs say which are side inputs: ResNet-20's output stays as it was.
-        side = f"  {onnx.TensorProto.DataType.Name(elem).lower()}" + (
-            ", side input (keeps its dtype, never quantized)" if elem not in floats else "") if several else ""
-        click.echo(f"input:  {value.name} [{', '.join(dims)}]{side}")
+        side = "" if len(specs) == 1 else f"  {np.dtype(spec.dtype).name}" + (
+            "" if spec.is_float else ", side input (keeps its dtype, never quantized)")
+        click.echo(f"input:  {spec.name} [{', '.join(dims)}]{side}")
     click.echo("ops: " + ", ".join(f"{op} {n}" for op, n in ops.most_common()))
     try:
         graph = lower(loaded)

@@ -18,9 +18,12 @@ import onnx
 
 from qdrop_onnx.errors import DataError
 
+# Other float types (bfloat16) are read as float32; every integer type keeps its own, so is_float is exact.
 _NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
                 onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
-                onnx.TensorProto.INT32: np.int32, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_}
+                onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT16: np.int16, onnx.TensorProto.INT8: np.int8,
+                onnx.TensorProto.UINT64: np.uint64, onnx.TensorProto.UINT32: np.uint32,
+                onnx.TensorProto.UINT16: np.uint16, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_}
 
 Batch = dict[str, np.ndarray]
 # The input that marks real tokens (1) against padding (0), by the name BERT-family exports give it: the

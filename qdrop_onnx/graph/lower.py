@@ -22,6 +22,7 @@ import torch.fx as fx
 from onnx import numpy_helper
 from torch import Tensor, nn
 
+from qdrop_onnx.data.spec import input_specs
 from qdrop_onnx.errors import ModelLoadError, UnsupportedModelError, first_line
 from qdrop_onnx.graph.load import LoadedModel, default_opset
 from qdrop_onnx.graph.ops import DEFAULT_DOMAINS, LoweringContext, OnnxNode, Unsupported, WeightedOp, lowering_for
@@ -227,8 +228,7 @@ def lower(model: LoadedModel | onnx.ModelProto) -> OnnxGraphModule:
         if name in constants:
             raise UnsupportedModelError(f"graph output {name!r} is a constant; nothing to quantize",
                                         Counter())
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-    side = [i.name for i in proto.graph.input if i.name in input_names and i.type.tensor_type.elem_type not in floats]
+    side = [spec.name for spec in input_specs(proto) if not spec.is_float]
     return OnnxGraphModule(nodes, input_names, output_names, constants, side)
 
 
