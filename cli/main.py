@@ -321,7 +321,8 @@ class QuantizeCommand(GroupedOptionsCommand):
     SECTIONS = (
         ("Input and output", ("calib", "output", "config_file", "report", "no_report")),
         ("Quantization", ("w_bits", "a_bits", "method", "format", "weight_asymmetric", "quantize_first_last",
-                          "first_last_bits", "residual_bits", "exclude", "act_init", "lp_norm", "reduce_range")),
+                          "first_last_bits", "residual_bits", "embedding_bits", "exclude", "act_init", "lp_norm",
+                          "reduce_range")),
         ("Reconstruction", ("iters", "samples", "calib_act_samples", "batch_size", "drop_prob", "reg_weight",
                             "round_lr", "cache_fp16", "max_cache_gb", "seed", "device", "checkpoint_dir", "resume")),
         ("Calibration data", ("preset", "mean", "std", "size", "resize", "tokenizer", "max_length")),
@@ -428,6 +429,9 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
 @click.option("--residual-bits", type=click.IntRange(2, 8), default=None,
               help="Bits of a conv output that feeds a residual Add (lets runtimes fuse integer convs/adds). "
                    "[default: 8]")
+@click.option("--embedding-bits", type=click.IntRange(2, 8), default=None,
+              help="Bits of embedding tables (Gather from a constant table: word, position, token type), per row, "
+                   "round to nearest. [default: 8]")
 @click.option("--exclude", multiple=True, help="Keep this weighted node in float (repeatable; see `inspect`).")
 @click.option("--act-init", type=click.Choice(["minmax", "percentile", "mse"]), default=None,
               help="Activation range initialisation. [default: mse]")

@@ -24,7 +24,11 @@ class ActivationParams:
 
 @dataclass
 class WeightParams:
-    """Per-channel quantization of one weighted node's weight (signed grid) and, optionally, its bias."""
+    """Per-channel quantization of one node's constant operand (signed grid) and, optionally, its bias.
+
+    The operand is input ``input_index`` of ``node``: 1 for a weighted op's weight, 0 for an embedding
+    table (a Gather's data, quantized per row).
+    """
 
     node: str
     bits: int
@@ -34,6 +38,7 @@ class WeightParams:
     axis: int
     bias_values: np.ndarray | None = None  # int32 codes, one per channel
     bias_scale: np.ndarray | None = None  # float32 = input scale * weight scale, one per channel
+    input_index: int = 1
 
 
 @dataclass

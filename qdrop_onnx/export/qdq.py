@@ -1,6 +1,7 @@
 """Write learned quantization into the clean ONNX graph as QuantizeLinear/DequantizeLinear nodes.
 
-Weights become an integer initializer + DequantizeLinear (per output channel); Conv/Gemm biases an int32
+Weights become an integer initializer + DequantizeLinear (per output channel; embedding tables per row,
+DequantizeLinear -> Gather); Conv/Gemm biases an int32
 initializer + DequantizeLinear where the plan quantized them; each quantized activation gets
 QuantizeLinear → DequantizeLinear right after it is produced, and every consumer reads the dequantized
 tensor. The result computes exactly what the torch fake-quant simulation computes. Files are written to a
@@ -202,7 +203,7 @@ def build_qdq_model(model: onnx.ModelProto, params: QuantParams, fmt: str = "int
         inits, nodes, w_out, b_out = _weight_nodes(wp, fmt)
         graph.initializer.extend(inits)
         front += nodes
-        node.input[1] = w_out
+        node.input[wp.input_index] = w_out
         if b_out is not None:
             node.input[2] = b_out
 

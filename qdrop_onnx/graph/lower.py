@@ -25,7 +25,17 @@ from torch import Tensor, nn
 from qdrop_onnx.data.spec import input_specs
 from qdrop_onnx.errors import ModelLoadError, UnsupportedModelError, first_line
 from qdrop_onnx.graph.load import LoadedModel, default_opset
-from qdrop_onnx.graph.ops import DEFAULT_DOMAINS, LoweringContext, OnnxNode, Unsupported, WeightedOp, lowering_for
+from qdrop_onnx.graph.ops import (
+    DEFAULT_DOMAINS,
+    LoweringContext,
+    OnnxNode,
+    OpTraits,
+    TableLookup,
+    Unsupported,
+    WeightedOp,
+    lowering_for,
+    traits_for,
+)
 
 
 @dataclass
@@ -45,6 +55,15 @@ class LoweredNode:
     @property
     def weighted(self) -> bool:
         return isinstance(self.module, WeightedOp)
+
+    @property
+    def lookup(self) -> bool:
+        """An embedding lookup: rows of a constant table picked by run-time indices."""
+        return isinstance(self.module, TableLookup)
+
+    @property
+    def traits(self) -> OpTraits:
+        return traits_for(self.node.domain, self.node.op_type)
 
 
 def _identifier(name: str, taken: set[str], prefix: str) -> str:
@@ -105,13 +124,15 @@ class OnnxGraphModule(nn.Module):
         """
         side = set(self.side_inputs)
         for ln in self.nodes:
-            # An embedding lookup (Gather from a constant table by token ids) starts the data, not a side path;
-            # a Shape reads only its input's dims, which quantization never changes (mask builders use it).
-            lookup = ln.node.op_type == "Gather" and ln.node.input(0) in self.constants
-            shape = ln.node.op_type == "Shape"
-            if shape or (ln.inputs and all(t in side for t in ln.inputs) and not lookup):
+            # An embedding lookup (rows of a constant table by token ids) starts the data, not a side path;
+            # a shape-only op reads its input's dims, which quantization never changes (mask builders use it).
+            if ln.traits.shape_only or (ln.inputs and all(t in side for t in ln.inputs) and not ln.lookup):
                 side.update(t for t in ln.node.outputs if t)
         return side
+
+    def table_lookups(self) -> dict[str, TableLookup]:
+        """ONNX node name → embedding lookup module (Gather from a constant float table)."""
+        return {ln.name: ln.module for ln in self.nodes if isinstance(ln.module, TableLookup)}
 
     def _known_tensors(self) -> set[str]:
         return set(self.input_names) | {t for ln in self.nodes for t in ln.node.outputs if t}

@@ -12,7 +12,7 @@ once for the whole model.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,27 +93,101 @@ class Lowered:
     multi_output: bool = False
 
 
+# ------------------------------------------------------------------------------------------ traits
+
+# Per input position: is that input provably non-negative (a constant >= 0, or a tensor shown to be)?
+# None where the optional input is absent.
+InputSigns = Sequence[bool | None]
+NonnegRule = Callable[[InputSigns], bool]
+
+
+def never(signs: InputSigns) -> bool:
+    return False
+
+
+def always(signs: InputSigns) -> bool:
+    return True
+
+
+def all_inputs(signs: InputSigns) -> bool:
+    return all(s for s in signs if s is not None)
+
+
+def any_input(signs: InputSigns) -> bool:
+    return any(bool(s) for s in signs)
+
+
+def inputs_at(*positions: int) -> NonnegRule:
+    """Non-negative when the inputs at ``positions`` are (the data operands; shapes, axes, pads do not count)."""
+
+    def rule(signs: InputSigns) -> bool:
+        return all(i < len(signs) and bool(signs[i]) for i in positions)
+
+    return rule
+
+
+@dataclass(frozen=True)
+class OpTraits:
+    """What the stages after lowering (placement, partition, inspect) need to know about an op.
+
+    ``pointwise``: an elementwise activation of one tensor. A weightless region made of them closes the block
+    before it, and placement looks through one (ONNX Runtime fuses DQ -> Conv -> Relu -> Q as one kernel).
+    ``nonneg``: whether the output is provably >= 0, given which inputs are (then it gets an unsigned grid).
+    ``shape_only``: reads its input's dims, never its values (Shape): its output is a side tensor.
+    ``normalizes``: re-normalises its input in float (LayerNormalization): a residual stream that feeds only
+    such ops is left unquantized.
+    ``integer_inputs``: run-time inputs that the runtime's integer kernel of this op reads quantized; each
+    gets an activation quantizer (MatMul of two activations: Q.K^T and softmax.V in attention).
+    """
+
+    pointwise: bool = False
+    nonneg: NonnegRule = never
+    shape_only: bool = False
+    normalizes: bool = False
+    integer_inputs: tuple[int, ...] = ()
+
+
+PLAIN = OpTraits()
+KEEPS_SIGN = OpTraits(nonneg=all_inputs)  # non-negative in, non-negative out (every operand)
+MOVES_DATA = OpTraits(nonneg=inputs_at(0))  # moves or selects values of input 0 (layout, pooling, slicing)
+NONNEG = OpTraits(nonneg=always)
+ACTIVATION = OpTraits(pointwise=True)
+NONNEG_ACTIVATION = OpTraits(pointwise=True, nonneg=always)
+
 LowerFn = Callable[[OnnxNode, LoweringContext], Lowered]
 # Keyed by (domain, op type); the default domain is "" (ONNX also spells it "ai.onnx"), so a contrib op such
 # as ("com.microsoft", "FusedMatMul") can be registered beside the standard one of the same name.
 REGISTRY: dict[tuple[str, str], LowerFn] = {}
+TRAITS: dict[tuple[str, str], OpTraits] = {}
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-def register(*op_types: str, domain: str = "") -> Callable[[LowerFn], LowerFn]:
-    """Register a lowering function for one or more op types of ``domain`` (default: the ONNX domain)."""
+def register(*op_types: str, domain: str = "",
+             traits: OpTraits | Mapping[str, OpTraits] = PLAIN) -> Callable[[LowerFn], LowerFn]:
+    """Register a lowering function for one or more op types of ``domain`` (default: the ONNX domain), with
+    the op's :class:`OpTraits` (one for all of them, or one per op type; unnamed ones get ``PLAIN``)."""
 
     def wrap(fn: LowerFn) -> LowerFn:
         for op_type in op_types:
             REGISTRY[(domain, op_type)] = fn
+            TRAITS[(domain, op_type)] = traits if isinstance(traits, OpTraits) else traits.get(op_type, PLAIN)
         return fn
 
     return wrap
 
 
+def _key(domain: str, op_type: str) -> tuple[str, str]:
+    return ("" if domain in DEFAULT_DOMAINS else domain, op_type)
+
+
 def lowering_for(domain: str, op_type: str) -> LowerFn | None:
     """The registered lowering of ``op_type`` in ``domain``, or None."""
-    return REGISTRY.get(("" if domain in DEFAULT_DOMAINS else domain, op_type))
+    return REGISTRY.get(_key(domain, op_type))
+
+
+def traits_for(domain: str, op_type: str) -> OpTraits:
+    """The registered traits of ``op_type`` in ``domain`` (``PLAIN`` for an unknown op)."""
+    return TRAITS.get(_key(domain, op_type), PLAIN)
 
 
 def _tensor(value: np.ndarray) -> Tensor:
@@ -385,7 +459,7 @@ def lower_gemm(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, fn)
 
 
-@register("MatMul")
+@register("MatMul", traits=OpTraits(integer_inputs=(0, 1)))
 def lower_matmul(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     weight = ctx.const(node.input(1))
     if weight is not None and weight.ndim >= 2 and not ctx.is_const(node.input(0)) \
@@ -422,12 +496,14 @@ _UNARY: dict[str, Callable[..., Tensor]] = {
 }
 
 
-@register(*_BINARY)
+@register(*_BINARY, traits={"Add": KEEPS_SIGN, "Mul": OpTraits(pointwise=True, nonneg=all_inputs),
+                         "Div": KEEPS_SIGN, "Where": OpTraits(nonneg=inputs_at(1, 2))})
 def lower_binary(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, _BINARY[node.op_type])
 
 
-@register(*_UNARY)
+@register(*_UNARY, traits={"Relu": NONNEG_ACTIVATION, "Sigmoid": NONNEG_ACTIVATION, "Tanh": ACTIVATION,
+                        "Erf": ACTIVATION, "Sqrt": NONNEG, "Exp": NONNEG, "Abs": NONNEG, "Identity": MOVES_DATA})
 def lower_unary(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, _UNARY[node.op_type], positions=[0])
 
@@ -442,31 +518,31 @@ def _variadic(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tensor]:
     return reduce
 
 
-@register("Max", "Min", "Sum")
+@register("Max", "Min", "Sum", traits={"Max": OpTraits(nonneg=any_input), "Min": KEEPS_SIGN, "Sum": KEEPS_SIGN})
 def lower_variadic(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     fn = {"Max": torch.maximum, "Min": torch.minimum, "Sum": torch.add}[node.op_type]
     return _apply(node, ctx, _variadic(fn))
 
 
-@register("Dropout")
+@register("Dropout", traits=MOVES_DATA)
 def lower_dropout(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     if len(node.outputs) > 1 and node.outputs[1] in ctx.used:
         raise Unsupported("Dropout(mask output)")
     return _apply(node, ctx, lambda x: x, positions=[0])
 
 
-@register("LeakyRelu")
+@register("LeakyRelu", traits=ACTIVATION)
 def lower_leaky_relu(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     alpha = float(node.attr("alpha", 0.01))
     return _apply(node, ctx, lambda x: torch.where(x >= 0, x, x * alpha), positions=[0])
 
 
-@register("PRelu")
+@register("PRelu", traits=ACTIVATION)
 def lower_prelu(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, lambda x, slope: torch.where(x < 0, x * slope, x))
 
 
-@register("Clip")
+@register("Clip", traits=OpTraits(pointwise=True, nonneg=inputs_at(1)))  # >= 0 when its min is
 def lower_clip(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     if ctx.opset < 11:
         lo, hi = node.attr("min"), node.attr("max")
@@ -482,24 +558,24 @@ def lower_clip(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, clip)
 
 
-@register("HardSigmoid")
+@register("HardSigmoid", traits=NONNEG_ACTIVATION)
 def lower_hard_sigmoid(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
     return _apply(node, ctx, lambda x: torch.clamp(x * alpha + beta, 0.0, 1.0), positions=[0])
 
 
-@register("HardSwish")
+@register("HardSwish", traits=ACTIVATION)
 def lower_hard_swish(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, lambda x: x * torch.clamp(x * (1.0 / 6.0) + 0.5, 0.0, 1.0), positions=[0])
 
 
-@register("Gelu")
+@register("Gelu", traits=ACTIVATION)
 def lower_gelu(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     approximate = node.attr("approximate", "none")
     return _apply(node, ctx, lambda x: F.gelu(x, approximate=approximate), positions=[0])
 
 
-@register("Softmax", "LogSoftmax")
+@register("Softmax", "LogSoftmax", traits={"Softmax": NONNEG})
 def lower_softmax(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     fn = torch.softmax if node.op_type == "Softmax" else torch.log_softmax
     if ctx.opset >= 13:
@@ -547,7 +623,7 @@ def lower_batchnorm(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, bn, positions=range(5))
 
 
-@register("LayerNormalization")
+@register("LayerNormalization", traits=OpTraits(normalizes=True))
 def lower_layernorm(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     if any(o in ctx.used for o in node.outputs[1:]):
         raise Unsupported("LayerNormalization(mean/inv_std outputs)")
@@ -577,7 +653,7 @@ _REDUCE: dict[str, Callable[..., Tensor]] = {
 _AXES_AS_INPUT = {"ReduceMean": 18, "ReduceSum": 13, "ReduceMax": 18, "ReduceMin": 18}
 
 
-@register(*_REDUCE)
+@register(*_REDUCE, traits=MOVES_DATA)
 def lower_reduce(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     if ctx.opset >= _AXES_AS_INPUT[node.op_type]:
         axes = ctx.const_ints(node, 1, "axes")
@@ -646,7 +722,7 @@ class Pool(nn.Module):
         return total / count
 
 
-@register("MaxPool", "AveragePool")
+@register("MaxPool", "AveragePool", traits=MOVES_DATA)
 def lower_pool(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     if node.op_type == "MaxPool":
         if len(node.outputs) > 1 and node.outputs[1] in ctx.used:
@@ -658,7 +734,7 @@ def lower_pool(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return Lowered(Pool(node), [node.inputs[0]])
 
 
-@register("GlobalAveragePool", "GlobalMaxPool")
+@register("GlobalAveragePool", "GlobalMaxPool", traits=MOVES_DATA)
 def lower_global_pool(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     if node.op_type == "GlobalAveragePool":
         return _apply(node, ctx, lambda x: x.mean(dim=tuple(range(2, x.ndim)), keepdim=True), positions=[0])
@@ -677,7 +753,7 @@ def _reshape(x: Tensor, shape: Sequence[int], allowzero: bool) -> Tensor:
     return x.reshape(target)
 
 
-@register("Reshape")
+@register("Reshape", traits=MOVES_DATA)
 def lower_reshape(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     allowzero = bool(node.attr("allowzero", 0))
     shape = ctx.const(node.input(1))
@@ -687,7 +763,7 @@ def lower_reshape(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, lambda x, s: _reshape(x, _runtime_ints(s), allowzero))
 
 
-@register("Flatten")
+@register("Flatten", traits=MOVES_DATA)
 def lower_flatten(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     axis = int(node.attr("axis", 1))
 
@@ -699,7 +775,7 @@ def lower_flatten(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, flatten, positions=[0])
 
 
-@register("Transpose")
+@register("Transpose", traits=MOVES_DATA)
 def lower_transpose(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     perm = node.attr("perm")
 
@@ -709,13 +785,13 @@ def lower_transpose(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, transpose, positions=[0])
 
 
-@register("Concat")
+@register("Concat", traits=KEEPS_SIGN)
 def lower_concat(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     axis = int(node.attr("axis"))
     return _apply(node, ctx, lambda *xs: torch.cat(xs, dim=axis))
 
 
-@register("Split")
+@register("Split", traits=MOVES_DATA)
 def lower_split(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     axis = int(node.attr("axis", 0))
     count = len(node.outputs)
@@ -756,7 +832,7 @@ def _slice(x: Tensor, starts: list[int], ends: list[int], axes: list[int] | None
     return x
 
 
-@register("Slice")
+@register("Slice", traits=MOVES_DATA)
 def lower_slice(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     if len(node.inputs) < 3:
         raise Unsupported("Slice(opset<10)")
@@ -779,7 +855,12 @@ def lower_slice(node: OnnxNode, ctx: LoweringContext) -> Lowered:
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
 
 
-@register("Pad")
+def _pad_nonneg(signs: InputSigns) -> bool:
+    """Data non-negative, and the pad value too (absent: 0)."""
+    return bool(signs[0]) and (len(signs) < 3 or signs[2] is not False)
+
+
+@register("Pad", traits=OpTraits(nonneg=_pad_nonneg))
 def lower_pad(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     mode = node.attr("mode", "constant")
     if mode not in _PAD_MODES:
@@ -816,7 +897,7 @@ def _axes_input(node: OnnxNode, ctx: LoweringContext) -> list[int] | None:
     return ctx.const_ints(node, 1, "axes") if ctx.opset >= 13 else node.attr("axes")
 
 
-@register("Squeeze")
+@register("Squeeze", traits=MOVES_DATA)
 def lower_squeeze(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     axes = _axes_input(node, ctx)
 
@@ -829,7 +910,7 @@ def lower_squeeze(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, squeeze, positions=[0])
 
 
-@register("Unsqueeze")
+@register("Unsqueeze", traits=MOVES_DATA)
 def lower_unsqueeze(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     axes = _axes_input(node, ctx)
     if axes is None:
@@ -844,21 +925,43 @@ def lower_unsqueeze(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, unsqueeze, positions=[0])
 
 
-@register("Gather")
+def _gather(data: Tensor, indices: Tensor, axis: int) -> Tensor:
+    a = axis % data.ndim
+    idx = indices.long()
+    idx = torch.where(idx < 0, idx + data.shape[a], idx)
+    out = data.index_select(a, idx.reshape(-1))
+    return out.reshape((*data.shape[:a], *idx.shape, *data.shape[a + 1:]))
+
+
+class TableLookup(nn.Module):
+    """Gather of rows from a constant float table by run-time indices: an embedding (word, position, token
+    type). Its table is quantized like a weight, per row, and never learned: ``quantized``, when set, is the
+    fake-quantized table used instead of ``table`` (computed once, not every step: a word table is 30k rows).
+    """
+
+    def __init__(self, table: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("table", _tensor(table).float())
+        self.register_buffer("quantized", None, persistent=False)
+
+    def effective_table(self) -> Tensor:
+        return self.table if self.quantized is None else self.quantized
+
+    def forward(self, indices: Tensor) -> Tensor:
+        return _gather(self.effective_table(), indices, 0)
+
+
+@register("Gather", traits=MOVES_DATA)
 def lower_gather(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     axis = int(node.attr("axis", 0))
-
-    def gather(data: Tensor, indices: Tensor) -> Tensor:
-        a = axis % data.ndim
-        idx = indices.long()
-        idx = torch.where(idx < 0, idx + data.shape[a], idx)
-        out = data.index_select(a, idx.reshape(-1))
-        return out.reshape((*data.shape[:a], *idx.shape, *data.shape[a + 1:]))
-
-    return _apply(node, ctx, gather)
+    table = ctx.const(node.input(0))
+    if (table is not None and table.ndim == 2 and axis % 2 == 0 and table.dtype == np.float32
+            and not ctx.is_const(node.input(1))):
+        return Lowered(TableLookup(table), [node.input(1)])
+    return _apply(node, ctx, lambda data, indices: _gather(data, indices, axis))
 
 
-@register("Shape")
+@register("Shape", traits=OpTraits(nonneg=always, shape_only=True))
 def lower_shape(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     start, end = node.attr("start", 0), node.attr("end")
 
@@ -880,7 +983,7 @@ def lower_constant_of_shape(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, constant_of_shape, positions=[0])
 
 
-@register("Expand")
+@register("Expand", traits=MOVES_DATA)
 def lower_expand(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     def expand(x: Tensor, shape: Tensor) -> Tensor:
         return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(_runtime_ints(shape))))
@@ -888,7 +991,7 @@ def lower_expand(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, expand)
 
 
-@register("Tile")
+@register("Tile", traits=MOVES_DATA)
 def lower_tile(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, lambda x, repeats: x.repeat(*_runtime_ints(repeats)))
 
@@ -1008,7 +1111,7 @@ class Resize(nn.Module):
         return x
 
 
-@register("Resize")
+@register("Resize", traits=MOVES_DATA)
 def lower_resize(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     mode = node.attr("mode", "nearest")
     coord = node.attr("coordinate_transformation_mode", "half_pixel")

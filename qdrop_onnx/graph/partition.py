@@ -2,8 +2,9 @@
 
 A cut is a point in topological order where exactly one tensor is live: everything after it depends on
 the model input only through that tensor. Regions between cuts become blocks (a region with one weighted
-node is a *layer*). A region without weights is attached to its neighbour: pointwise activations (a Relu
-after a residual Add) to the block before them, anything else (pooling, flattening) to the block after.
+node is a *layer*). A region without weights is attached to its neighbour: pointwise activations (ops with
+the ``pointwise`` trait: a Relu after a residual Add) to the block before them, anything else (pooling,
+flattening) to the block after.
 A region with more than ``max_weighted`` weighted nodes is split at weighted nodes.
 """
 
@@ -12,12 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from qdrop_onnx.graph.lower import LoweredNode, OnnxGraphModule
-
-# Ops that only transform a tensor pointwise: a weightless region made of them ends the block before it.
-POINTWISE_ACTIVATIONS = frozenset({
-    "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Erf",
-    "Mul",  # x * sigmoid(x) (SiLU) closes a block in many exporters
-})
 
 
 @dataclass
@@ -84,7 +79,7 @@ def _attach_weightless(regions: list[list[LoweredNode]]) -> list[list[LoweredNod
         if any(ln.weighted for ln in region):
             merged.append(pending + region)
             pending = []
-        elif merged and not pending and all(ln.node.op_type in POINTWISE_ACTIVATIONS for ln in region):
+        elif merged and not pending and all(ln.traits.pointwise for ln in region):
             merged[-1] = merged[-1] + region
         else:
             pending += region

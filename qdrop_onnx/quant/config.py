@@ -36,6 +36,7 @@ class QuantConfig:
     first_last_bits: int = 8
     quantize_first_last: bool = False
     residual_bits: int = 8
+    embedding_bits: int = 8  # tables of Gather on a constant (word/position/token-type embeddings)
     exclude: list[str] = field(default_factory=list)
     act_init: str = "mse"
     lp_norm: float = 2.4
@@ -52,7 +53,7 @@ class QuantConfig:
     max_cache_gb: float | None = None  # None: half of the machine's physical memory
 
     def validate(self) -> QuantConfig:
-        for name in ("w_bits", "a_bits", "first_last_bits", "residual_bits"):
+        for name in ("w_bits", "a_bits", "first_last_bits", "residual_bits", "embedding_bits"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 2 <= value <= 8:
                 raise ConfigError(f"{flag_name(name)} must be an integer bit width from 2 to 8, got {value!r}")

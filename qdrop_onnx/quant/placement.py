@@ -10,6 +10,10 @@
   on integers: ONNX Runtime only fuses DQ -> Conv -> Q, so without it ResNet-20 runs 9 of its 19 convs in
   float. It uses ``residual_bits`` (default 8, as integer accelerators keep the residual path): at 4 bits
   it costs ResNet-20 1.6 points of RTN W4A4 accuracy.
+- Activation x activation MatMuls (attention's Q.K^T and softmax.V): both inputs at ``a_bits``.
+- Embedding tables (Gather from a constant float table by run-time ids) per row at ``embedding_bits``
+  (default 8, the E8 of the QDrop paper's BERT setting), round to nearest: they are not learned (a
+  calibration set touches a small part of a 30k-row vocabulary).
 - Bias of Conv/Gemm becomes int32 (scale = input scale x weight scale) so runtimes can fuse integer kernels.
 - Unsigned grids (zero point 0) for tensors that are provably non-negative.
 """
@@ -21,7 +25,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qdrop_onnx.graph.lower import OnnxGraphModule
-from qdrop_onnx.graph.partition import POINTWISE_ACTIVATIONS
 from qdrop_onnx.quant.config import ConfigError, QuantConfig
 
 
@@ -44,21 +47,23 @@ class ActivationSpec:
     reason: str
 
 
+@dataclass(frozen=True)
+class TableSpec:
+    """An embedding table (Gather on a constant): quantized per row, symmetric, round to nearest."""
+
+    node: str
+    bits: int
+    shape: tuple[int, ...]
+
+
 @dataclass
 class QuantPlan:
     weights: dict[str, WeightSpec] = field(default_factory=dict)
+    tables: dict[str, TableSpec] = field(default_factory=dict)
     activations: dict[str, ActivationSpec] = field(default_factory=dict)
     first: str | None = None
     last: str | None = None
     excluded: list[str] = field(default_factory=list)
-
-
-# Ops whose output is non-negative whatever their input, and ops that keep non-negativity of their inputs.
-_NONNEG_OUT = {"Relu", "Sigmoid", "Softmax", "Abs", "Exp", "Sqrt", "HardSigmoid", "Shape"}
-_NONNEG_KEEP = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Flatten", "Transpose",
-                "Squeeze", "Unsqueeze", "Slice", "Gather", "Concat", "Resize", "Identity", "Dropout", "Split",
-                "Mul", "Add", "Div", "Tile", "Expand", "Min", "Sum", "ReduceMean", "ReduceMax", "ReduceMin",
-                "ReduceSum"}
 
 
 def _const_nonneg(value: np.ndarray | None) -> bool:
@@ -66,26 +71,13 @@ def _const_nonneg(value: np.ndarray | None) -> bool:
 
 
 def nonnegative_tensors(graph: OnnxGraphModule) -> set[str]:
-    """Tensors that cannot hold a negative value, by forward propagation over the graph."""
+    """Tensors that cannot hold a negative value, by forward propagation of each op's ``nonneg`` trait."""
     nonneg: set[str] = set()
     for ln in graph.nodes:
-        op, node = ln.node.op_type, ln.node
-        consts_ok = all(_const_nonneg(graph.constants.get(t)) for t in node.inputs if t and t in graph.constants)
-        inputs_ok = all(t in nonneg for t in ln.inputs)
-        if op == "Clip":
-            ok = len(node.inputs) > 1 and _const_nonneg(graph.constants.get(node.inputs[1]))
-        elif op == "Max":
-            ok = any(t in nonneg for t in ln.inputs) or any(
-                _const_nonneg(graph.constants.get(t)) for t in node.inputs if t in graph.constants)
-        elif op == "Pad":
-            value = graph.constants.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
-            ok = inputs_ok and (value is None or _const_nonneg(value))
-        elif op == "Gather":
-            ok = node.inputs[0] in nonneg or _const_nonneg(graph.constants.get(node.inputs[0]))
-        else:
-            ok = op in _NONNEG_OUT or (op in _NONNEG_KEEP and inputs_ok and consts_ok)
-        if ok:
-            nonneg.update(t for t in node.outputs if t)
+        signs = [None if not t else (_const_nonneg(graph.constants[t]) if t in graph.constants else t in nonneg)
+                 for t in ln.node.inputs]
+        if ln.traits.nonneg(signs):
+            nonneg.update(t for t in ln.node.outputs if t)
     return nonneg
 
 
@@ -124,7 +116,7 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
     consumers: dict[str, list[str]] = {}
     for ln in graph.nodes:
         for t in ln.inputs:
-            consumers.setdefault(t, []).append(ln.node.op_type)
+            consumers.setdefault(t, []).append(ln)
     outputs = set(graph.output_names)
     quantized_ops = {name for name in plan.weights}
     producer = {t: ln for ln in graph.nodes for t in ln.node.outputs if t}
@@ -133,25 +125,44 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
         # Adding a side tensor (an attention mask to the scores) is masking, not a residual connection.
         if ln.node.op_type != "Add" or len(ln.inputs) != 2 or any(t in side for t in ln.inputs):
             continue
+        branch = False  # a residual Add adds a weighted branch to a skip path
         for t in ln.inputs:
             src = producer.get(t)
             # Look through one pointwise activation: ORT fuses DQ -> Conv -> Relu -> Q as well.
-            if src is not None and src.node.op_type in POINTWISE_ACTIVATIONS and src.inputs:
+            if src is not None and src.traits.pointwise and src.inputs:
                 src = producer.get(src.inputs[0])
-            if src is not None and src.name in quantized_ops and t not in act_bits and t not in outputs:
-                act_bits[t] = max(config.residual_bits, config.a_bits)
-                reasons[t] = f"output of {src.name} into residual add {ln.name}"
+            if src is not None and src.name in quantized_ops:
+                branch = True
+                if t not in act_bits and t not in outputs:
+                    act_bits[t] = max(config.residual_bits, config.a_bits)
+                    reasons[t] = f"output of {src.name} into residual add {ln.name}"
         out = ln.node.outputs[0]
         users = consumers.get(out, [])
-        if out in outputs or out in act_bits or (users and all(u in POINTWISE_ACTIVATIONS for u in users)):
+        # Not a residual Add when no input comes from a weighted op (the sum of word and token-type embeddings).
+        if not branch or out in outputs or out in act_bits or (users and all(u.traits.pointwise for u in users)):
             continue
         # A residual stream that feeds only LayerNormalization (post-LN transformers) stays float: the
         # runtime normalises in float anyway, and its outlier channels (ranges of +-170 in MiniLM) cost
         # 8-bit grids most of the accuracy (measured: mean pooled cosine 0.955 with them, see the note).
-        if users and all(u == "LayerNormalization" for u in users):
+        if users and all(u.traits.normalizes for u in users):
             continue
         act_bits[out] = config.a_bits
         reasons[out] = f"residual add {ln.name}"
+
+    for ln in graph.nodes:
+        # Activation x activation products (attention's Q.K^T and softmax.V): the runtime's integer MatMul
+        # reads both operands quantized (the softmax side is non-negative, so it gets an unsigned grid).
+        operands = [ln.node.input(i) for i in ln.traits.integer_inputs]
+        if ln.weighted or not operands or not all(t in ln.inputs and t not in side for t in operands):
+            continue
+        for t in operands:
+            act_bits[t] = max(act_bits.get(t, 0), config.a_bits)
+            reasons.setdefault(t, f"input of {ln.name} (activation x activation)")
+
+    for ln in graph.nodes:
+        if ln.lookup:
+            table = ln.module.table
+            plan.tables[ln.name] = TableSpec(ln.name, config.embedding_bits, tuple(table.shape))
 
     for tensor, bits in act_bits.items():
         if tensor in side:  # masks and position ids keep their values (and dtype)

@@ -1,9 +1,9 @@
 """A quantization simulation: the torch rebuild with fake quantizers where the plan says.
 
 ``QuantSim`` attaches one :class:`WeightQuantizer` per weighted node, one :class:`ActivationQuantizer`
-per planned tensor and an int32 bias simulation where the plan asks for it; calibrates them (activation
-ranges observed with everything in float, as the reference QDrop code does, then weights by the Lp search);
-and hands the learned values to the exporter as :class:`QuantParams`.
+per planned tensor, one per-row quantizer per embedding table and an int32 bias simulation where the plan
+asks for it; calibrates them (activation ranges observed with everything in float, as the reference QDrop
+code does, then weights by the Lp search); and hands the learned values to the exporter as :class:`QuantParams`.
 """
 
 from __future__ import annotations
@@ -80,6 +80,9 @@ class QuantSim:
             self.weights[name] = WeightQuantizer(bits, spec.channel_axis, spec.symmetric, config.lp_norm)
             if spec.quantize_bias and spec.input in self.acts:
                 self.biases[name] = BiasQuantizer(self.acts[spec.input], self.weights[name])
+        # Embedding tables: per row, symmetric, round to nearest (never learned).
+        self.tables: dict[str, WeightQuantizer] = {
+            name: WeightQuantizer(spec.bits, 0, True, config.lp_norm) for name, spec in plan.tables.items()}
         self.set_quantization(weights=True, activations=True)
 
     # ------------------------------------------------------------------------------------------ state
@@ -90,6 +93,10 @@ class QuantSim:
         """
         for name, quantizer in self.weights.items():
             self.graph.op(name).weight_quantizer = quantizer if weights else None
+        with torch.no_grad():
+            for name, quantizer in self.tables.items():
+                lookup = self.graph.op(name)
+                lookup.quantized = quantizer(lookup.table) if weights else None
         for q in self.acts.values():
             q.enabled = activations
         for name, bias in self.biases.items():
@@ -123,6 +130,8 @@ class QuantSim:
             q.finish_observing()
         for name, quantizer in self.weights.items():
             quantizer.init_from(self.graph.op(name).weight)
+        for name, quantizer in self.tables.items():
+            quantizer.init_from(self.graph.op(name).table)
         for name, bias in self.biases.items():
             bias.fit_int32(self.graph.op(name).bias)
         self.set_quantization(weights=True, activations=True)
@@ -148,4 +157,10 @@ class QuantSim:
                 codes = torch.clamp(torch.round(op.bias / scale), INT32.qmin, INT32_MAX_F32)
                 entry.bias_values = codes.cpu().numpy().astype(np.int32)
             params.weights[name] = entry
+        for name, quantizer in self.tables.items():
+            table = self.graph.op(name).table
+            params.weights[name] = WeightParams(
+                name, quantizer.grid.bits, quantizer.integers(table).cpu().numpy(),
+                quantizer.scale.reshape(-1).cpu().numpy().astype(np.float32),
+                quantizer.zero_point.reshape(-1).cpu().numpy().astype(np.int64), axis=0, input_index=0)
         return params
