@@ -48,6 +48,7 @@ BENCH_FLAGS = $(if $(ITERS),--iters $(ITERS)) $(BENCH_ARGS)
 bench: install
 	TORCH_PIN=$(TORCH_PIN) $(BIN)/python -m bench.run $(BENCH_FLAGS)
 	$(BIN)/python -m bench.rebuild
+	$(BIN)/python -m bench.text $(if $(ITERS),--iters $(ITERS)) $(TEXT_BENCH_ARGS)
 
 bench-quick: install
 	TORCH_PIN=$(TORCH_PIN) $(BIN)/python -m bench.run --quick $(BENCH_FLAGS)

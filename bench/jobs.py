@@ -7,6 +7,7 @@ python -m bench.jobs JOB.json
 ``tool`` "ort": ONNX Runtime's quantize_static (QDQ, per-channel weights, ``method`` = MinMax, Entropy or
 Percentile calibration) on the cleaned model, after ORT's quant_pre_process; tensors that qdrop-onnx keeps
 at 8 bits (``bits``) are kept at 8 bits through TensorQuantOverrides.
+``tool`` "ort-text": ONNX Runtime on a text encoder (bench/text.py), see :func:`run_ort_text`.
 Writes the quantized model to ``out`` and ``{"seconds": ...}`` (plus what the tool reports) to ``result``.
 """
 
@@ -62,8 +63,8 @@ def run_qdrop_onnx(job: dict) -> dict[str, object]:
     config = QuantConfig(w_bits=job["w"], a_bits=job["a"], method=job["method"], drop_prob=job["drop_prob"],
                          seed=job["seed"], **budget)
     start = time.perf_counter()
-    result = quantize(job["source"], job["calib_dir"], config, job["out"], data=DataOptions(preset=job["preset"]),
-                      device=job.get("device", "cpu"))
+    data = DataOptions(preset=job["preset"], tokenizer=job.get("tokenizer"), max_length=job.get("max_length", 128))
+    result = quantize(job["source"], job["calib_dir"], config, job["out"], data=data, device=job.get("device", "cpu"))
     return {"seconds": round(time.perf_counter() - start, 2), "device": result.device,
             "reconstruct_seconds": round(result.timings.get("reconstruct", 0.0), 2), "blocks": len(result.blocks),
             "calibration_samples": result.calibration_samples}
@@ -103,9 +104,58 @@ def run_ort(job: dict) -> dict[str, object]:
             "onnxruntime_version": onnxruntime.__version__}
 
 
+class TextReader:
+    """A CalibrationDataReader over tokenized sentences (bench.text's batches: every input, by name)."""
+
+    def __init__(self, batches: list[dict[str, np.ndarray]], names: set[str]) -> None:
+        self.batches = [{k: v for k, v in b.items() if k in names} for b in batches]
+        self.position = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position >= len(self.batches):
+            return None
+        self.position += 1
+        return self.batches[self.position - 1]
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def run_ort_text(job: dict) -> dict[str, object]:
+    """ONNX Runtime on a text encoder: ``dynamic`` (quantize_dynamic: int8 per-channel weights, activations
+    quantized at run time, its transformer recipe) or quantize_static (QDQ, per-channel weights, W8A8) with
+    ``minmax`` or ``percentile`` calibration on the same calibration sentences as qdrop-onnx."""
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from bench.text import sentences, tokenized
+
+    start = time.perf_counter()
+    pre = Path(job["out"]).with_name("pre.onnx")
+    quant_pre_process(job["source"], str(pre), skip_optimization=True, skip_symbolic_shape=True)
+    if job["method"] == "dynamic":
+        quantize_dynamic(str(pre), job["out"], per_channel=True, weight_type=QuantType.QInt8)
+    else:
+        names = {i.name for i in onnx.load(str(pre), load_external_data=False).graph.input}
+        reader = TextReader(tokenized(sentences(Path(job["calib_dir"])), 32), names)
+        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[job["method"]]
+        quantize_static(str(pre), job["out"], reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, calibrate_method=method)
+    pre.unlink()
+    return {"seconds": round(time.perf_counter() - start, 2), "onnxruntime_version": onnxruntime.__version__}
+
+
 def main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
-    run = {"qdrop-onnx": run_qdrop_onnx, "ort": run_ort}[job["tool"]]
+    run = {"qdrop-onnx": run_qdrop_onnx, "ort": run_ort, "ort-text": run_ort_text}[job["tool"]]
     Path(job["result"]).write_text(json.dumps(run(job), indent=2) + "\n")
     return 0
 

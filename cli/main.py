@@ -181,7 +181,35 @@ def inspect(model: str, max_block_weights: int) -> None:
         click.echo(f"  #{block.index:<3} {block.kind:<5} {len(block.weighted)} weighted, "
                    f"{block.num_params:>9,} params, {len(block.nodes)} nodes: {', '.join(block.op_types)}")
         click.echo(f"       first weighted: {block.name}")
+    _echo_plan(graph)
     click.echo("\nunsupported ops: none")
+
+
+def _echo_plan(graph: Any) -> None:
+    """What `quantize` at its defaults puts quantizers on (placement's reasons, counted by kind)."""
+    from qdrop_onnx.quant.config import QuantConfig
+    from qdrop_onnx.quant.placement import plan_quantization
+
+    config = QuantConfig()
+    plan = plan_quantization(graph, config)
+    edge = [n for n in (plan.first, plan.last) if plan.weights[n].bits != config.w_bits]
+    click.echo(f"\nquantized at the defaults (--w {config.w_bits} --a {config.a_bits}):")
+    click.echo(f"  weights:     {len(plan.weights)} layers per output channel"
+               + (f", first and last at {config.first_last_bits} bits" if edge else ""))
+    if plan.tables:
+        shapes = ", ".join("x".join(map(str, t.shape)) for t in plan.tables.values())
+        click.echo(f"  embeddings:  {len(plan.tables)} tables at {config.embedding_bits} bits per row ({shapes})")
+    kinds: Counter[str] = Counter()
+    for spec in plan.activations.values():
+        if spec.reason.endswith("(activation x activation)"):
+            kinds["operands of activation x activation MatMuls"] += 1
+        elif spec.reason.startswith("input of"):
+            kinds["inputs of weighted layers"] += 1
+        else:
+            kinds["around residual adds"] += 1
+    unsigned = sum(spec.nonnegative for spec in plan.activations.values())
+    click.echo(f"  activations: {len(plan.activations)} tensors ({unsigned} unsigned): "
+               + ", ".join(f"{n} {kind}" for kind, n in kinds.items()))
 
 
 @cli.command(name="eval")
@@ -380,6 +408,9 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
                f"{result.calibration_samples} calibration samples")
     click.echo("  weights:     " + ", ".join(f"{n} layers at {b} bits" for b, n in sorted(w_hist.items()))
                + (f", {len(plan.excluded)} kept in float" if plan.excluded else ""))
+    if plan.tables:
+        t_hist = Counter(spec.bits for spec in plan.tables.values())
+        click.echo("  embeddings:  " + ", ".join(f"{n} tables at {b} bits" for b, n in sorted(t_hist.items())))
     click.echo("  activations: " + ", ".join(f"{n} tensors at {b} bits" for b, n in sorted(a_hist.items())))
     click.echo(f"  size:        {_size_mb(model):.2f} MB -> {_size_mb(out):.2f} MB")
     if verification is not None:

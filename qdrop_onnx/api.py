@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,13 +19,13 @@ from qdrop_onnx.data.spec import POSITION_MASK, as_specs
 from qdrop_onnx.errors import DataError
 from qdrop_onnx.export.qdq import ExportError, build_qdq_model, save_model_atomic
 from qdrop_onnx.graph import load_model, lower, partition
+from qdrop_onnx.graph.load import LoadedModel
 from qdrop_onnx.graph.lower import OnnxGraphModule
-from qdrop_onnx.graph.ops import Conv
 from qdrop_onnx.params import QuantParams
 from qdrop_onnx.quant.config import ConfigError, QuantConfig
 from qdrop_onnx.quant.placement import QuantPlan, plan_quantization
 from qdrop_onnx.quant.sim import QuantSim
-from qdrop_onnx.recon import BlockRecord, ReconConfig, reconstruct
+from qdrop_onnx.recon import BlockRecord, reconstruct
 from qdrop_onnx.recon.cache import default_cache_bytes
 from qdrop_onnx.recon.checkpoint import (
     Checkpoint,
@@ -34,6 +35,7 @@ from qdrop_onnx.recon.checkpoint import (
     save_checkpoint,
     sim_state,
 )
+from qdrop_onnx.recon.policy import recon_config
 from qdrop_onnx.recon.run import DoneCallback, StepCallback
 from qdrop_onnx.verify.compare import Comparison, compare_models, sqnr_db
 from qdrop_onnx.verify.coverage import KernelCoverage, integer_kernel_coverage
@@ -104,10 +106,26 @@ def default_output(model_path: str | Path, config: QuantConfig) -> Path:
     return path.with_name(f"{path.stem}.w{config.w_bits}a{config.a_bits}.onnx")
 
 
+def calibration_samples(dataset: Dataset, graph: OnnxGraphModule, specs: Sequence[InputSpec],
+                        config: QuantConfig) -> list[torch.Tensor]:
+    """The samples calibration and reconstruction share: one tensor per graph input (``graph.input_names``
+    order), decoded once. RTN reads only the ``calib_act_samples`` that set the activation ranges."""
+    wanted = config.samples if config.method != "rtn" else min(config.calib_act_samples, config.samples)
+    by_name = {s.name: s for s in specs}
+    samples = _load_samples(dataset, wanted, [by_name[name] for name in graph.input_names])
+    _check_finite(samples)
+    count = len(samples[0])
+    if count < wanted:
+        flag = "--samples" if wanted == config.samples else "--calib-act-samples"
+        log.warning("the calibration data has %d readable samples, fewer than the %d asked for (%s): using %d",
+                    count, wanted, flag, count)
+    return samples
+
+
 def _load_samples(dataset: Dataset, limit: int, specs: Sequence[InputSpec]) -> list[torch.Tensor]:
-    """The first ``limit`` samples, one tensor per model input in ``specs`` order (decoded once;
-    calibration and reconstruction share them). Batches of different widths (text padded per batch) are
-    padded to the widest with the dataset's ``pad_values`` (0 where it names none)."""
+    """The first ``limit`` samples, one tensor per model input in ``specs`` order. Batches of different
+    widths (text padded per batch) are padded to the widest with the dataset's ``pad_values`` (0 where it
+    names none)."""
     batches = [x for x, _ in dataset.batches(256, limit)]
     missing = [s.name for s in specs if batches and s.name not in batches[0]]
     if missing:
@@ -135,18 +153,11 @@ def _check_finite(samples: Sequence[torch.Tensor]) -> None:
         raise DataError(f"{count} calibration sample{'s' if count > 1 else ''} contain NaN or Inf values")
 
 
-def has_depthwise_conv(graph: OnnxGraphModule) -> bool:
-    return any(isinstance(op, Conv) and op.groups > 1 and op.groups == op.weight.shape[0]
-               for op in graph.weighted_ops().values())
-
-
-def recon_config(config: QuantConfig, graph: OnnxGraphModule) -> ReconConfig:
-    """The reconstruction settings a method implies (AdaRound/BRECQ: weights only; QDrop: with acts)."""
-    reg = config.reg_weight if config.reg_weight is not None else (0.1 if has_depthwise_conv(graph) else 0.01)
-    qdrop = config.method == "qdrop"
-    return ReconConfig(iters=config.iters, batch_size=config.batch_size, reg_weight=reg,
-                       drop_prob=config.drop_prob if qdrop else 0.0, quantize_activations=qdrop, seed=config.seed,
-                       weight_lr=config.round_lr)
+def calibrate(sim: QuantSim, samples: Sequence[torch.Tensor], config: QuantConfig, device: torch.device) -> None:
+    """Activation ranges from the first ``calib_act_samples`` samples (in float), then weight scales."""
+    count = min(config.calib_act_samples, len(samples[0]))
+    sim.calibrate([x[start:start + config.batch_size].to(device) for x in samples]
+                  for start in range(0, count, config.batch_size))
 
 
 @dataclass
@@ -157,11 +168,15 @@ class CheckpointOptions:
     resume: bool = False
 
 
-def _reconstruct(sim: QuantSim, graph: OnnxGraphModule, samples: list[torch.Tensor], config: QuantConfig,
-                 device: torch.device, progress: StepCallback | None, on_block: DoneCallback | None,
-                 checkpoint: CheckpointOptions | None, fingerprint: str) -> list[BlockRecord]:
+def reconstruct_blocks(sim: QuantSim, loaded: LoadedModel, samples: list[torch.Tensor], config: QuantConfig,
+                       device: torch.device, progress: StepCallback | None = None,
+                       on_block: DoneCallback | None = None,
+                       checkpoint: CheckpointOptions | None = None) -> list[BlockRecord]:
+    """BRECQ block by block (AdaRound: layer by layer), with QDrop's dropping for ``qdrop``; resumable."""
+    graph = sim.graph
     blocks = partition(graph, max_weighted=1 if config.method == "adaround" else 8)
     cache_dtype = torch.float16 if config.cache_fp16 else torch.float32
+    fingerprint = run_fingerprint(loaded.model.SerializeToString(), asdict(config), samples)
     finished: list[BlockRecord] = []
     after_block = None
     if checkpoint is not None:
@@ -189,6 +204,19 @@ def _position_mask(graph: OnnxGraphModule, samples: Sequence[torch.Tensor]) -> t
     return mask if mask is not None and mask.ndim == 2 and POSITION_MASK in graph.side_inputs else None
 
 
+def _refuse_overwrite(model: str | Path | onnx.ModelProto, output: str | Path | None) -> None:
+    if not isinstance(model, onnx.ModelProto) and output is not None \
+            and Path(output).resolve() == Path(model).resolve():
+        raise ExportError("the output path is the input model; choose another path (the input is never overwritten)")
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start
+
+
 def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | object, config: QuantConfig,
              output: str | Path | None = None, *, data: DataOptions | None = None,
              device: str = "auto", progress: StepCallback | None = None,
@@ -203,60 +231,42 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     methods, one record per block. ``progress(block, step, loss)`` and ``on_block(record)`` report on
     the reconstruction as it runs. ``checkpoint`` saves the learned state after every block and, with
     ``resume``, continues from the blocks a previous identical run finished (same file as without).
+
+    The stages, each owning its policy: load (clean and lower the graph, open the data) -> plan (which
+    tensors get which quantizer) -> calibrate (ranges, then scales) -> reconstruct (all but ``rtn``) ->
+    export (the QDQ file). :func:`verify` and :func:`build_report` are the stages after it.
     """
     start = time.perf_counter()
     config.validate()
-    same_file = not isinstance(model, onnx.ModelProto) and output is not None \
-        and Path(output).resolve() == Path(model).resolve()
-    if same_file:
-        raise ExportError("the output path is the input model; choose another path (the input is never overwritten)")
+    _refuse_overwrite(model, output)
     timings: dict[str, float] = {}
-    loaded = load_model(model)
-    graph: OnnxGraphModule = lower(loaded)
-    specs = input_specs(loaded.model)
-    data = data or DataOptions()
-    dataset = open_calibration(calib, specs, data)
-    if len(dataset) == 0:
-        raise DataError("the calibration data holds no samples")
-    timings["load"] = time.perf_counter() - start
-
+    with _stage(timings, "load"):
+        loaded = load_model(model)
+        graph = lower(loaded)
+        specs = input_specs(loaded.model)
+        dataset = open_calibration(calib, specs, data)
+        if len(dataset) == 0:
+            raise DataError("the calibration data holds no samples")
     torch.manual_seed(config.seed)
     dev = pick_device(device)
     plan = plan_quantization(graph, config)
     sim = QuantSim(graph, plan, config)
     graph.to(dev)
-    t = time.perf_counter()
-    reconstructing = config.method != "rtn"
-    act_samples = min(config.calib_act_samples, config.samples)
-    wanted = config.samples if reconstructing else act_samples
-    by_name = {s.name: s for s in specs}
-    samples = _load_samples(dataset, wanted, [by_name[name] for name in graph.input_names])
-    _check_finite(samples)
-    count = len(samples[0])
-    if count < wanted:
-        flag = "--samples" if wanted == config.samples else "--calib-act-samples"
-        log.warning("the calibration data has %d readable samples, fewer than the %d asked for (%s): using %d",
-                    count, wanted, flag, count)
-    sim.calibrate([x[start:start + config.batch_size].to(dev) for x in samples]
-                  for start in range(0, min(act_samples, count), config.batch_size))
-    timings["calibrate"] = time.perf_counter() - t
+    with _stage(timings, "calibrate"):
+        samples = calibration_samples(dataset, graph, specs, config)
+        calibrate(sim, samples, config, dev)
     records: list[BlockRecord] = []
-    if reconstructing:
-        t = time.perf_counter()
-        fingerprint = run_fingerprint(loaded.model.SerializeToString(), asdict(config), samples)
-        records = _reconstruct(sim, graph, samples, config, dev, progress, on_block, checkpoint, fingerprint)
-        timings["reconstruct"] = time.perf_counter() - t
+    if config.method != "rtn":
+        with _stage(timings, "reconstruct"):
+            records = reconstruct_blocks(sim, loaded, samples, config, dev, progress, on_block, checkpoint)
     graph.cpu()
-    params = sim.export_params()
-    qdq = build_qdq_model(loaded.model, params, config.format)
-    used = count
-    result = QuantResult(qdq, params, plan, config, sim, calibration_samples=used,
-                         timings=timings, blocks=records, device=str(dev),
-                         calibration_data=dataset)
-    if output is not None:
-        result.output = save_model_atomic(qdq, output)
-    result.seconds = time.perf_counter() - start
-    return result
+    with _stage(timings, "export"):
+        params = sim.export_params()
+        qdq = build_qdq_model(loaded.model, params, config.format)
+        written = save_model_atomic(qdq, output) if output is not None else None
+    return QuantResult(qdq, params, plan, config, sim, output=written, seconds=time.perf_counter() - start,
+                       calibration_samples=len(samples[0]), timings=timings, blocks=records, device=str(dev),
+                       calibration_data=dataset)
 
 
 @dataclass

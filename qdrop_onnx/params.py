@@ -24,11 +24,7 @@ class ActivationParams:
 
 @dataclass
 class WeightParams:
-    """Per-channel quantization of one node's constant operand (signed grid) and, optionally, its bias.
-
-    The operand is input ``input_index`` of ``node``: 1 for a weighted op's weight, 0 for an embedding
-    table (a Gather's data, quantized per row).
-    """
+    """Per-channel quantization of one weighted node's weight (signed grid) and, optionally, its bias."""
 
     node: str
     bits: int
@@ -38,10 +34,20 @@ class WeightParams:
     axis: int
     bias_values: np.ndarray | None = None  # int32 codes, one per channel
     bias_scale: np.ndarray | None = None  # float32 = input scale * weight scale, one per channel
-    input_index: int = 1
+
+
+@dataclass
+class TableParams:
+    """An embedding table (the data of a Gather by run-time ids), symmetric per row on a signed grid."""
+
+    node: str
+    bits: int
+    values: np.ndarray  # int64 codes, the table's shape [rows, width]
+    scale: np.ndarray  # float32, one per row
 
 
 @dataclass
 class QuantParams:
     activations: dict[str, ActivationParams] = field(default_factory=dict)
     weights: dict[str, WeightParams] = field(default_factory=dict)
+    tables: dict[str, TableParams] = field(default_factory=dict)

@@ -88,16 +88,18 @@ def test_w8a8_from_text_keeps_the_embeddings_and_runs_at_other_shapes(tmp_path: 
 
 
 def _check_transformer_placement(model: onnx.ModelProto) -> None:
-    """E8 embeddings (int8 per row, DequantizeLinear -> Gather), both operands of every activation MatMul
-    dequantized, the softmax side on an unsigned grid (zero point 0)."""
+    """E8 embeddings (an int8 table, looked-up rows times their own step), both operands of every activation
+    MatMul dequantized, the softmax side on an unsigned grid (zero point 0)."""
     inits = {t.name: t for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
-    gathers = [n for n in model.graph.node if n.op_type == "Gather" and n.name.endswith("_embeddings/Gather")]
-    tables = [producer[n.input[0]] for n in gathers]
-    assert len(tables) == 3 and all(dq.op_type == "DequantizeLinear" for dq in tables)
-    for dq in tables:
-        values, scale = inits[dq.input[0]], numpy_helper.to_array(inits[dq.input[1]])
-        assert values.data_type == onnx.TensorProto.INT8 and scale.shape == (values.dims[0],)  # one per row
+    lookups = [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits
+               and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    assert sorted(n.name for n in lookups) == [f"/b/embeddings/{kind}_embeddings/Gather"
+                                               for kind in ("position", "token_type", "word")]
+    for gather in lookups:
+        rows = inits[gather.input[0]].dims[0]
+        scale = [n for n in model.graph.node if n.name == f"{gather.name}/scale_Gather"][0]
+        assert tuple(inits[scale.input[0]].dims) == (rows, 1)  # one step per row
     float_tables = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
                     and len(t.dims) == 2 and t.dims[1] == 384 and t.dims[0] in (2, 512, 30522)]
     assert not float_tables
@@ -135,3 +137,41 @@ def test_inspect_marks_side_inputs_and_shows_two_blocks_per_layer() -> None:
     assert "blocks (12):" in lines  # the attention unit and the FFN unit of each of the 6 layers
     weighted = [int(line.split()[2]) for line in lines if line.startswith("  #")]
     assert weighted == [4, 2] * 6
+    plan = lines[lines.index("quantized at the defaults (--w 4 --a 4):") + 1:][:3]
+    assert plan == ["  weights:     36 layers per output channel, first and last at 8 bits",
+                    "  embeddings:  3 tables at 8 bits per row (30522x384, 2x384, 512x384)",
+                    "  activations: 48 tensors (6 unsigned): 24 inputs of weighted layers, 24 operands of "
+                    "activation x activation MatMuls"]
+
+
+@needs_assets
+def test_cutting_padding_from_a_batch_leaves_real_positions_unchanged() -> None:
+    """Reconstruction cuts text batches to their longest sentence (recon/sequence.py): exact for every
+    block's outputs, found axes included (ids [B, T], hidden states [B, T, D], the mask built from them)."""
+    from qdrop_onnx.graph import partition
+    from qdrop_onnx.recon.sequence import sequence_layout
+
+    lines = (ASSETS / "text/eval.txt").read_text().splitlines()[:16]
+    feeds = tokenized_batches(lines, 16)[0]
+    graph = lower(load_model(MODEL))
+    pad = 16  # more padding than any sentence needs, as when calibration pads to the longest of 1,024
+    samples = [torch.from_numpy(np.pad(feeds[name], ((0, 0), (0, pad)))) for name in graph.input_names]
+    positions = samples[graph.input_names.index("attention_mask")]
+    blocks = partition(graph)
+    names = sorted({t for b in blocks for t in (*b.inputs, *b.outputs)})
+    layout = sequence_layout(graph, names, samples, positions)
+    assert layout is not None and layout.axes["input_ids"] == (1,)
+    width = int(layout.lengths.max())
+    assert width == feeds["input_ids"].shape[1] < positions.shape[1]
+    everything = graph.subgraph([ln.name for ln in graph.nodes], graph.input_names, names)
+    with torch.no_grad():
+        values = dict(zip(names, everything(*samples), strict=True))
+        idx = torch.arange(len(lines))
+        for block in blocks[:4]:
+            module = graph.subgraph(block.nodes, block.inputs, block.outputs)
+            full = module(*[values[t] for t in block.inputs])
+            cut = module(*[layout.crop(t, values[t], idx, width) for t in block.inputs])
+            for name, a, b in zip(block.outputs, full, cut, strict=True):
+                # hidden states [B, T, D] along T; the attention mask expanded to [B, 1, T, T] along both
+                assert layout.axes[name] == ((1,) if a.ndim == 3 else (2, 3)), (name, a.shape)
+                assert torch.allclose(layout.crop(name, a, idx, width), b, atol=1e-5), name

@@ -91,4 +91,6 @@ def test_inspect_resnet20_lists_stem_nine_residual_blocks_and_gemm() -> None:
     assert rows[10][1] == "layer" and rows[10][3].endswith("Gemm")
     assert "weighted layers (20, 269,034 parameters)" in proc.stdout
     assert "19 BatchNormalization folded into Conv" in proc.stdout
+    assert "  activations: 29 tensors (19 unsigned): 20 inputs of weighted layers, 9 around residual adds" \
+        in proc.stdout.splitlines()
     assert "unsupported ops: none" in proc.stdout

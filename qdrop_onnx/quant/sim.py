@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from qdrop_onnx.graph.lower import OnnxGraphModule
-from qdrop_onnx.params import ActivationParams, QuantParams, WeightParams
+from qdrop_onnx.params import ActivationParams, QuantParams, TableParams, WeightParams
 from qdrop_onnx.quant.activation import ActivationQuantizer
 from qdrop_onnx.quant.adaround import AdaRoundQuantizer
 from qdrop_onnx.quant.config import QuantConfig
@@ -159,8 +159,6 @@ class QuantSim:
             params.weights[name] = entry
         for name, quantizer in self.tables.items():
             table = self.graph.op(name).table
-            params.weights[name] = WeightParams(
-                name, quantizer.grid.bits, quantizer.integers(table).cpu().numpy(),
-                quantizer.scale.reshape(-1).cpu().numpy().astype(np.float32),
-                quantizer.zero_point.reshape(-1).cpu().numpy().astype(np.int64), axis=0, input_index=0)
+            params.tables[name] = TableParams(name, quantizer.grid.bits, quantizer.integers(table).cpu().numpy(),
+                                              quantizer.scale.reshape(-1).cpu().numpy().astype(np.float32))
         return params

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from qdrop_onnx.quant.activation import ActivationQuantizer
 from qdrop_onnx.quant.adaround import AdaRoundQuantizer
+from qdrop_onnx.recon.sequence import BatchSampler, SequenceLayout
 
 
 def default_round_lr(iters: int) -> float:
@@ -103,13 +104,16 @@ def reconstruct_block(forward: BlockForward, x_fp: Sequence[Tensor], x_q: Sequen
                       y_fp: Sequence[Tensor], rounding: Sequence[AdaRoundQuantizer],
                       acts: Sequence[ActivationQuantizer], config: ReconConfig,
                       progress: Callable[[int, float], None] | None = None,
-                      positions: Tensor | None = None) -> tuple[list[float], float]:
+                      positions: Tensor | None = None, layout: SequenceLayout | None = None,
+                      names: tuple[Sequence[str], Sequence[str]] = ((), ())) -> tuple[list[float], float]:
     """Optimise ``rounding`` (and ``acts`` step sizes) so that ``forward(x_fp, x_q)`` matches ``y_fp``.
 
     ``forward`` receives a batch of the float and quantized-model inputs and returns the block outputs as
     the quantized model computes them (dropping happens inside). ``positions``: which sequence positions
-    are real tokens, per sample (see :func:`reconstruction_loss`). Returns the loss trace (every 50 steps)
-    and the seconds spent.
+    are real tokens, per sample (see :func:`reconstruction_loss`). With ``layout`` (text; ``names``: the
+    block's input and output tensor names), batches come from buckets of similar length and are cut to
+    their longest real sequence (see :mod:`qdrop_onnx.recon.sequence`). Returns the loss trace (every 50
+    steps) and the seconds spent.
     """
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(config.seed)
@@ -122,14 +126,31 @@ def reconstruct_block(forward: BlockForward, x_fp: Sequence[Tensor], x_q: Sequen
     a_sched = torch.optim.lr_scheduler.CosineAnnealingLR(a_opt, T_max=config.iters, eta_min=0) if a_opt else None
     warm = int(math.ceil(config.warmup * config.iters))
     trace: list[float] = []
+    sampler = BatchSampler(count, config.batch_size, generator, None if layout is None else layout.lengths)
+    tokens_per_batch = 1.0 if layout is None else float(layout.lengths.float().mean()) * config.batch_size
     for step in range(config.iters):
-        idx = torch.randint(count, (config.batch_size,), generator=generator).to(x_fp[0].device)
-        batch_fp = [t[idx] for t in x_fp]
-        batch_q = [t[idx] for t in x_q]
-        target = [t[idx] for t in y_fp]
+        drawn = sampler.draw()
+        idx = drawn.to(x_fp[0].device)
+        batch_positions = None if positions is None else positions[idx]
+        if layout is None:
+            batch_fp = [t[idx] for t in x_fp]
+            batch_q = [t[idx] for t in x_q]
+            target = [t[idx] for t in y_fp]
+        else:
+            width = int(layout.lengths[drawn].max())
+            inputs, outputs = names
+            batch_fp = [layout.crop(n, t, idx, width) for n, t in zip(inputs, x_fp, strict=True)]
+            batch_q = [layout.crop(n, t, idx, width) for n, t in zip(inputs, x_q, strict=True)]
+            target = [layout.crop(n, t, idx, width) for n, t in zip(outputs, y_fp, strict=True)]
+            batch_positions = None if batch_positions is None else batch_positions[:, :width]
         out = forward(batch_fp, batch_q)
-        rec = reconstruction_loss(out, target, None if positions is None else positions[idx])
+        rec = reconstruction_loss(out, target, batch_positions)
         loss = rec
+        if layout is not None and batch_positions is not None:
+            # The loss averages over a batch's real tokens; a batch of short sentences would weigh each of
+            # its tokens more than a random batch does. Weighting by the batch's token count keeps every
+            # token's expected weight what it is without buckets (a long sentence counts by its length).
+            loss = rec * (batch_positions.sum() / tokens_per_batch)
         if step >= warm and rounding:
             beta = beta_at(step, config)
             loss = loss + config.reg_weight * sum(q.regularizer(beta) for q in rounding)

@@ -21,6 +21,7 @@ from qdrop_onnx.quant.activation import drop_mask
 from qdrop_onnx.quant.sim import QuantSim
 from qdrop_onnx.recon.block import BlockRecord, ReconConfig, reconstruct_block, reconstruction_loss
 from qdrop_onnx.recon.cache import TensorCache, run_batched
+from qdrop_onnx.recon.sequence import SequenceLayout, sequence_layout
 
 EVAL_SAMPLES = 256
 EVAL_BATCH = 64
@@ -97,7 +98,7 @@ def _replay_one(sim: QuantSim, block: Block, cache: TensorCache, config: ReconCo
 
 def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: ReconConfig,
                      device: torch.device, progress: StepCallback | None,
-                     positions: Tensor | None = None) -> BlockRecord:
+                     positions: Tensor | None = None, layout: SequenceLayout | None = None) -> BlockRecord:
     graph = sim.graph
     qa = config.quantize_activations
     plain = graph.subgraph(block.nodes, block.inputs, block.outputs, transform_inputs=True)
@@ -127,7 +128,7 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
     try:
         step_progress = (lambda step, loss: progress(block.index, step, loss)) if progress else None
         trace, seconds = reconstruct_block(forward, x_fp, x_q, y_fp, rounding, learned_acts, config, step_progress,
-                                           positions)
+                                           positions, layout, (block.inputs, block.outputs))
     finally:
         for q in learned_acts:
             q.drop_prob = 0.0
@@ -181,6 +182,11 @@ def reconstruct(sim: QuantSim, blocks: list[Block], calibration: Sequence[Tensor
     for op in graph.weighted_ops().values():
         for param in op.parameters():
             param.requires_grad_(False)
+    # Text: which cached tensors follow the padded width, so batches can be cut to their longest sentence.
+    sim.set_quantization(weights=False, activations=False)
+    layout = sequence_layout(graph, sorted({t for b in blocks for t in (*b.inputs, *b.outputs)}), calibration,
+                             positions)
+    sim.set_quantization(weights=True, activations=True)
     records = list(finished)
     try:
         for k, block in enumerate(blocks):
@@ -191,7 +197,7 @@ def reconstruct(sim: QuantSim, blocks: list[Block], calibration: Sequence[Tensor
             torch.manual_seed(config.seed + k)
             start = time.perf_counter()
             record = _reconstruct_one(sim, block, cache, config, device, progress,
-                                      None if positions is None else positions.to(device))
+                                      None if positions is None else positions.to(device), layout)
             record.seconds = time.perf_counter() - start
             records.append(record)
             if after_block is not None:
