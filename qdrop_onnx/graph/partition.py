@@ -10,7 +10,11 @@ A region with more than ``max_weighted`` weighted nodes is split at weighted nod
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
 
 from qdrop_onnx.graph.lower import LoweredNode, OnnxGraphModule
 
@@ -36,14 +40,8 @@ class Block:
         return self.weighted[0] if self.weighted else self.nodes[0]
 
 
-def _single_live_cuts(nodes: list[LoweredNode], inputs: list[str], outputs: list[str],
-                      side: frozenset[str] | set[str] = frozenset()) -> list[int]:
-    """Indices i such that after node i exactly one non-constant tensor is still needed.
-
-    ``side`` tensors (masks, position ids: computed only from integer inputs) are not counted: every block
-    that reads one gets it from the cache, so an attention mask live through the whole graph does not
-    stop the graph from being cut on its residual stream.
-    """
+def _live_after(nodes: list[LoweredNode], inputs: list[str], outputs: list[str]) -> list[set[str]]:
+    """For each node i, the non-constant tensors still needed after it (what a cut after i hands on)."""
     last_use: dict[str, int] = {}
     for i, ln in enumerate(nodes):
         for t in ln.inputs:
@@ -52,13 +50,22 @@ def _single_live_cuts(nodes: list[LoweredNode], inputs: list[str], outputs: list
     for t in outputs:
         last_use[t] = end
     live: set[str] = set(inputs)  # graph inputs are live until their last consumer
-    cuts = []
+    lives = []
     for i, ln in enumerate(nodes):
         live = {t for t in live if last_use.get(t, -1) > i}
         live |= {t for t in ln.node.outputs if t and last_use.get(t, -1) > i}
-        if len(live - side) == 1:
-            cuts.append(i)
-    return cuts
+        lives.append(live)
+    return lives
+
+
+def _single_live_cuts(lives: list[set[str]], side: frozenset[str] | set[str] = frozenset()) -> list[int]:
+    """Indices i such that after node i exactly one non-constant tensor is still needed.
+
+    ``side`` tensors (masks, position ids: computed only from integer inputs) are not counted: every block
+    that reads one gets it from the cache, so an attention mask live through the whole graph does not
+    stop the graph from being cut on its residual stream.
+    """
+    return [i for i, live in enumerate(lives) if len(live - side) == 1]
 
 
 def _regions(nodes: list[LoweredNode], cuts: list[int]) -> list[list[LoweredNode]]:
@@ -91,12 +98,14 @@ def _attach_weightless(regions: list[list[LoweredNode]]) -> list[list[LoweredNod
     return merged
 
 
-def _split_large(region: list[LoweredNode], max_weighted: int) -> list[list[LoweredNode]]:
+def _split_large(region: list[LoweredNode], max_weighted: int,
+                 can_cut_before: Callable[[LoweredNode], bool]) -> list[list[LoweredNode]]:
     parts: list[list[LoweredNode]] = [[]]
     count = 0
     for ln in region:
         if ln.weighted:
-            if count == max_weighted:
+            # Past the limit, split at the next weighted node where a cut is possible.
+            if count >= max_weighted and parts[-1] and can_cut_before(ln):
                 parts.append([])
                 count = 0
             count += 1
@@ -104,12 +113,25 @@ def _split_large(region: list[LoweredNode], max_weighted: int) -> list[list[Lowe
     return parts
 
 
-def partition(model: OnnxGraphModule, max_weighted: int = 8) -> list[Block]:
-    """Cut ``model`` into blocks in topological order (see module docstring)."""
+def partition(model: OnnxGraphModule, max_weighted: int = 8, batch_major: set[str] | None = None) -> list[Block]:
+    """Cut ``model`` into blocks in topological order (see module docstring).
+
+    ``batch_major`` (from :func:`batch_major_tensors`): the tensors whose axis 0 is the batch. When given, a
+    cut is made only where every tensor crossing it is one of them: the cache stores and batches block
+    tensors along axis 0, and a tensor reshaped to [batch x seq, features] (before a Gemm), or a shape
+    vector built from Shape, cannot be sliced into sample batches.
+    """
     nodes = model.nodes
-    cuts = _single_live_cuts(nodes, model.input_names, model.output_names, model.side_tensors())
+    lives = _live_after(nodes, model.input_names, model.output_names)
+    position = {ln.name: i for i, ln in enumerate(nodes)}
+
+    def can_cut_after(i: int) -> bool:
+        return batch_major is None or all(t in batch_major for t in lives[i])
+
+    cuts = [i for i in _single_live_cuts(lives, model.side_tensors()) if can_cut_after(i)]
     regions = _attach_weightless(_regions(nodes, cuts))
-    parts = [p for r in regions for p in _split_large(r, max_weighted)]
+    parts = [p for r in regions
+             for p in _split_large(r, max_weighted, lambda ln: can_cut_after(position[ln.name] - 1))]
 
     consumers: dict[str, set[int]] = {}
     producer_part: dict[str, int] = {}
@@ -136,3 +158,14 @@ def partition(model: OnnxGraphModule, max_weighted: int = 8) -> list[Block]:
         blocks.append(Block(k, [ln.name for ln in part], inputs, outputs, weighted, params,
                             [ln.node.op_type for ln in part]))
     return blocks
+
+
+@torch.no_grad()
+def batch_major_tensors(model: OnnxGraphModule, samples: Sequence[Tensor]) -> set[str]:
+    """The tensors whose axis 0 is the batch: size 1 for one sample and 2 for two (the model run twice)."""
+    names = sorted(set(model.input_names) | {t for ln in model.nodes for t in ln.node.outputs if t})
+    probe = model.subgraph([ln.name for ln in model.nodes], model.input_names, names)
+    device = next(model.parameters()).device
+    one, two = (probe(*[x[:n].to(device) for x in samples]) for n in (1, 2))
+    return {name for name, a, b in zip(names, one, two, strict=True)
+            if a.ndim > 0 and b.ndim > 0 and a.shape[0] == 1 and b.shape[0] == 2}

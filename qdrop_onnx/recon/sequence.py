@@ -62,16 +62,21 @@ def sequence_layout(graph: OnnxGraphModule, names: Sequence[str], samples: Seque
                 x = x.narrow(axis, 0, w)
         return x.to(device)
 
-    def shapes(w: int) -> list[tuple[int, ...]]:
-        return [tuple(t.shape) for t in probe(*[narrowed(x, w) for x in samples])]
+    def run(w: int) -> list[Tensor]:
+        return list(probe(*[narrowed(x, w) for x in samples]))
 
     try:
-        full, short = shapes(width), shapes(width - 1)
+        full_values, short_values = run(width), run(width - 1)
     except (RuntimeError, ValueError, IndexError):  # a graph that cannot run narrower: do not cut
         return None
+    full = [tuple(t.shape) for t in full_values]
+    short = [tuple(t.shape) for t in short_values]
     axes: dict[str, tuple[int, ...]] = {}
-    for name, a, b in zip(names, full, short, strict=True):
+    for name, a, b, va, vb in zip(names, full, short, full_values, short_values, strict=True):
         if len(a) != len(b):
+            return None
+        # A cached shape vector (a Reshape target built from Shape) that holds the width cannot be cut.
+        if a == b and not va.is_floating_point() and not torch.equal(va, vb):
             return None
         changed = tuple(i for i, (m, n) in enumerate(zip(a, b, strict=True)) if m != n)
         if any(i == 0 or a[i] != width or b[i] != width - 1 for i in changed):
