@@ -21,6 +21,7 @@ from qdrop_onnx.errors import QdropError, UnsupportedModelError, first_line
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_GATE = 3  # --fail-below: the file was written, its verification missed a bound
 EXIT_SIGINT = 130  # 128 + signal number, as shells report it
 EXIT_SIGTERM = 143
 
@@ -63,11 +64,11 @@ class OneLineErrors(click.Group):
         except Interrupted as exc:
             what, code = ("terminated (SIGTERM)", EXIT_SIGTERM) if exc.signum == signal.SIGTERM else (
                 "interrupted (SIGINT)", EXIT_SIGINT)
-            _fail(f"{what}: no output file was written; with --checkpoint DIR, add --resume to continue", code)
+            _fail(f"{what}: no output file was written{_notes(exc)}", code)
         except click.Abort:
             _fail("aborted", EXIT_SIGINT)
         except QdropError as exc:
-            _fail(str(exc), EXIT_FAILURE)
+            _fail(f"{exc}{_notes(exc)}", EXIT_FAILURE)
         except MemoryError:
             _fail(f"out of memory; {_LESS_MEMORY}", EXIT_FAILURE)
         except OSError as exc:  # our own writes raise OutputError; this is a read or write we did not foresee
@@ -77,10 +78,15 @@ class OneLineErrors(click.Group):
             if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA), without importing torch
                 _fail(f"out of GPU memory; {_LESS_MEMORY}, or --device cpu", EXIT_FAILURE)
             _fail(f"internal error, {type(exc).__name__}: {first_line(exc)} (traceback in {_save_traceback()}; "
-                  "please report it with the command that caused it)", EXIT_FAILURE)
+                  f"please report it with the command that caused it){_notes(exc)}", EXIT_FAILURE)
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv
+
+
+def _notes(exc: BaseException) -> str:
+    """What a command added to an error on its way out (where the finished work is kept), as "; note"."""
+    return "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
 
 
 _LESS_MEMORY = "try --cache-fp16, a smaller --max-cache-gb, --batch-size or --samples"
@@ -118,7 +124,8 @@ def cli() -> None:
     """Low-bit post-training quantization of ONNX models (AdaRound, BRECQ, QDrop) to QDQ ONNX.
 
     \b
-    Exit codes: 0 success, 1 failure (bad model or data; one line on stderr), 2 usage error.
+    Exit codes: 0 success, 1 failure (bad model or data; one line on stderr), 2 usage error, 3 a
+    `quantize --fail-below` bound missed (the file is written).
     """
     _setup_logging()
 
@@ -217,7 +224,8 @@ def _echo_plan(graph: Any) -> None:
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="Image folder (one sub-folder per class for accuracy) or .npy/.npz file/folder.")
 @click.option("--preset", type=click.Choice(["cifar10", "imagenet", "tf"]), default=None,
-              help="Preprocessing preset. [default: imagenet geometry at the model's input size]")
+              help="Preprocessing preset. [default: none: resized straight to the model's input size (no crop), "
+                   "ImageNet mean/std]")
 @click.option("--classes", type=click.Path(exists=True, dir_okay=False), default=None,
               help="File with one class (folder) name per line in model output order, e.g. ImageNet synsets.")
 @click.option("--mean", type=float, nargs=3, default=None, help="Per-channel mean, 0-255 pixel units.")
@@ -244,6 +252,7 @@ def eval_cmd(model: str, data: str, preset: str | None, classes: str | None,
     from qdrop_onnx.data import input_specs
     from qdrop_onnx.graph.load import load_model
     from qdrop_onnx.verify import evaluate_classification, make_session
+    from qdrop_onnx.verify.evaluate import output_classes, warn_if_near_chance
 
     options = _data_options(preset, mean, std, size, resize, tokenizer, max_length, data)
     # Validate with the same checks as quantize (checker, readable protobuf), but run the user's file.
@@ -254,6 +263,7 @@ def eval_cmd(model: str, data: str, preset: str | None, classes: str | None,
         return
     session = make_session(model, device=device)
     result = evaluate_classification(session, dataset, spec, batch_size=batch_size, limit=limit)
+    warn_if_near_chance(result.top1, output_classes(load_model(model, simplify=False).model), data, who=model)
     click.echo(f"model:  {model}")
     click.echo(f"data:   {data} ({result.count} images)")
     click.echo(f"top-1:  {result.top1:.2f} %")
@@ -278,6 +288,7 @@ def _compare(reference: str, model: str, dataset: Any, spec: Any, data: str, bat
     from qdrop_onnx.graph.load import load_model
     from qdrop_onnx.verify.compare import compare_models
     from qdrop_onnx.verify.coverage import integer_kernel_coverage
+    from qdrop_onnx.verify.evaluate import output_classes, warn_if_near_chance
 
     def described(specs: Any) -> str:
         return ", ".join(f"{s.name} {s.dims}" for s in specs)
@@ -287,6 +298,7 @@ def _compare(reference: str, model: str, dataset: Any, spec: Any, data: str, bat
         raise click.UsageError(f"--reference takes input {described(ref_spec)}, MODEL takes {described(spec)}: "
                                "not the same model")
     result = compare_models(reference, model, dataset, spec, batch_size=batch_size, limit=limit, device=device)
+    warn_if_near_chance(result.reference_top1, output_classes(load_model(reference, simplify=False).model), data)
     coverage = integer_kernel_coverage(model)
     click.echo(f"model:      {model} ({_size_mb(model):.2f} MB)")
     click.echo(f"reference:  {reference} ({_size_mb(reference):.2f} MB)")
@@ -345,6 +357,15 @@ class GroupedOptionsCommand(click.Command):
                 formatter.write_dl(rest)  # type: ignore[arg-type]
 
 
+def _parse_bounds(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Any, ...]:
+    from qdrop_onnx.verify.gate import Bound, GateError
+
+    try:
+        return tuple(Bound.parse(v) for v in values)
+    except GateError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--fail-below "), param=param) from None
+
+
 class QuantizeCommand(GroupedOptionsCommand):
     SECTIONS = (
         ("Input and output", ("calib", "output", "config_file", "report", "no_report")),
@@ -354,7 +375,7 @@ class QuantizeCommand(GroupedOptionsCommand):
         ("Reconstruction", ("iters", "samples", "calib_act_samples", "batch_size", "drop_prob", "reg_weight",
                             "round_lr", "cache_fp16", "max_cache_gb", "seed", "device", "checkpoint_dir", "resume")),
         ("Calibration data", ("preset", "mean", "std", "size", "resize", "tokenizer", "max_length")),
-        ("Verification", ("eval_data", "classes", "eval_limit")),
+        ("Verification", ("eval_data", "classes", "eval_limit", "fail_below")),
         ("Output on the terminal", ("quiet", "json_out", "help")),
     )
 
@@ -493,13 +514,19 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
                    "samples not used for calibration]")
 @click.option("--classes", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Class names file for --eval (see `eval --help`).")
+@click.option("--fail-below", multiple=True, callback=_parse_bounds, metavar="METRIC=VALUE",
+              help="Exit 3 (file and report still written) when the verification misses this bound; repeatable. "
+                   "METRIC: top1, top1-drop (at most VALUE points), agreement (%), cosine, cosine-min, "
+                   "pixel-agreement (%), iou (%), sqnr (dB); "
+                   "e.g. --fail-below top1-drop=1.0 --fail-below agreement=99.")
 @click.option("--eval-limit", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Verify on at most this many samples.")
 @click.option("--checkpoint", "checkpoint_dir", type=click.Path(file_okay=False), default=None,
-              help="Save what reconstruction learned to this folder after every block.")
+              help="Save what reconstruction learned to this folder after every block, and keep it. "
+                   "[default: .<output name>.checkpoint beside the output, removed once the file is written]")
 @click.option("--resume", is_flag=True,
-              help="Continue from the blocks --checkpoint holds (the same run interrupted); the file is the "
-                   "same as an uninterrupted run's.")
+              help="Continue from the blocks the checkpoint folder holds (the same run, interrupted or failed); "
+                   "the file is the same as an uninterrupted run's.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
               help="Report base path: writes PATH.json, PATH.md and PATH.png. [default: <output stem>.report]")
 @click.option("--no-report", is_flag=True, help="Write no report files (the summary still prints).")
@@ -512,19 +539,23 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
              size: tuple[int, int] | None, resize: int | None, device: str, eval_data: str | None,
              classes: str | None, eval_limit: int, checkpoint_dir: str | None, resume: bool, report: str | None,
              no_report: bool, quiet: bool, json_out: bool, tokenizer: str | None, max_length: int,
-             **flags: Any) -> None:
+             fail_below: tuple[Any, ...], **flags: Any) -> int:
     """Quantize MODEL to a QDQ ONNX file using unlabeled calibration data, verify it, write a report.
 
     \b
     Prints a line per reconstructed block (a progress bar too on a terminal), then a summary with the
     float-vs-quantized verification table. Writes OUTPUT, OUTPUT's report (.json, .md, .png) and never
-    touches MODEL. Exit codes: 0 done, 1 failure (one line on stderr), 2 usage error.
+    touches MODEL. Exit codes: 0 done, 1 failure (one line on stderr), 2 usage error, 3 a --fail-below
+    bound missed (file and report written).
     """
     import json
+    import shutil
 
-    from qdrop_onnx.api import CheckpointOptions, build_report, default_output, verify
+    from qdrop_onnx.api import CheckpointOptions, build_report, default_checkpoint, default_output, verify
     from qdrop_onnx.api import quantize as run_quantize
     from qdrop_onnx.quant.config import QuantConfig, read_config_file
+    from qdrop_onnx.recon.checkpoint import CHECKPOINT_FILE, CheckpointError
+    from qdrop_onnx.verify.gate import GateError
     from qdrop_onnx.verify.report import json_safe, report_paths, write_report
 
     settings = read_config_file(config_file) if config_file else {}
@@ -537,9 +568,11 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
     if not out.parent.is_dir():
         raise click.UsageError(f"--output folder {out.parent} does not exist")
     _check_writable(out.parent)
-    if resume and checkpoint_dir is None:
-        raise click.UsageError("--resume needs --checkpoint DIR (the folder of the interrupted run)")
-    checkpoint = CheckpointOptions(checkpoint_dir, resume) if checkpoint_dir else None
+    # Reconstruction always checkpoints after every block: by default into a folder beside the output,
+    # removed once the file is written, so a crash or an interrupt never loses the finished blocks.
+    checkpoint = CheckpointOptions(Path(checkpoint_dir) if checkpoint_dir else default_checkpoint(out), resume)
+    if checkpoint_dir is None and not resume:
+        shutil.rmtree(checkpoint.directory, ignore_errors=True)  # an earlier failed run's, not this one's
     report_base = None if no_report else Path(report) if report else out.with_name(out.stem + ".report")
     if report_base is not None and Path(model).resolve() in {p.resolve() for p in report_paths(report_base).values()}:
         raise click.UsageError("--report would overwrite the input model")
@@ -548,12 +581,40 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
     if report_base is not None and report_base.parent.resolve() != out.parent.resolve():
         _check_writable(report_base.parent)
 
+    if fail_below:
+        import onnx
+
+        from qdrop_onnx.verify.compare import model_output_kind
+
+        kind = model_output_kind(onnx.load(model, load_external_data=False))
+        try:
+            for bound in fail_below:
+                bound.check_kind(kind)
+        except GateError as exc:
+            raise click.UsageError(str(exc)) from None
     data = _data_options(preset, mean, std, size, resize, tokenizer, max_length, calib, eval_data)
     progress = BlockProgress(config.iters, lines=not (quiet or json_out),
                              bars=not (quiet or json_out) and sys.stderr.isatty() and sys.stdout.isatty())
-    result = run_quantize(model, calib, config, out, data=data, device=device, progress=progress.step,
-                          on_block=progress.done, checkpoint=checkpoint)
+    saved = Path(checkpoint.directory) / CHECKPOINT_FILE
+    before = saved.stat().st_mtime_ns if saved.exists() else None
+    try:
+        result = run_quantize(model, calib, config, out, data=data, device=device, progress=progress.step,
+                              on_block=progress.done, checkpoint=checkpoint)
+    except BaseException as exc:
+        # Only a checkpoint this run wrote (or resumed from) holds its blocks, not another run's.
+        ours = saved.exists() and (saved.stat().st_mtime_ns != before
+                                   or (resume and not isinstance(exc, CheckpointError)))
+        if ours:
+            exc.add_note(f"the blocks finished so far are kept in {checkpoint.directory}: run the same command "
+                         "with --resume to continue")
+        raise
+    if checkpoint_dir is None:
+        shutil.rmtree(checkpoint.directory, ignore_errors=True)
     verification = verify(result, model, eval_data, data=data, classes=classes, limit=eval_limit)
+    try:
+        misses = [line for bound in fail_below if (line := bound.missed(verification.comparison))]
+    except GateError as exc:
+        raise click.UsageError(str(exc)) from None
     files = None
     if report_base is not None:
         files = write_report(build_report(result, model, verification), report_base)
@@ -565,10 +626,15 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
                    "calibration_samples": result.calibration_samples, "blocks": len(result.blocks),
                    "input_bytes": Path(model).stat().st_size, "output_bytes": out.stat().st_size,
                    "verification": verification.to_dict(),
-                   "coverage": {"integer": cov.integer, "float": cov.float} if cov else None}
+                   "coverage": {"integer": cov.integer, "float": cov.float} if cov else None,
+                   "gate_missed": misses}
         click.echo(json.dumps(json_safe(summary), indent=2))
-        return
-    _print_summary(result, model, verification, files)
+    else:
+        _print_summary(result, model, verification, files)
+    for line in misses:
+        click.echo(f"qdrop-onnx: {line}", err=True)
+    return EXIT_GATE if misses else 0
+
 
 
 def main() -> None:

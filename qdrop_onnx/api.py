@@ -21,6 +21,7 @@ from qdrop_onnx.export.qdq import ExportError, build_qdq_model, save_model_atomi
 from qdrop_onnx.graph import load_model, lower, partition
 from qdrop_onnx.graph.load import LoadedModel
 from qdrop_onnx.graph.lower import OnnxGraphModule
+from qdrop_onnx.graph.partition import batch_major_tensors
 from qdrop_onnx.params import QuantParams
 from qdrop_onnx.quant.config import ConfigError, QuantConfig
 from qdrop_onnx.quant.placement import QuantPlan, plan_quantization
@@ -39,6 +40,7 @@ from qdrop_onnx.recon.policy import recon_config
 from qdrop_onnx.recon.run import DoneCallback, StepCallback
 from qdrop_onnx.verify.compare import Comparison, compare_models, sqnr_db
 from qdrop_onnx.verify.coverage import KernelCoverage, integer_kernel_coverage
+from qdrop_onnx.verify.evaluate import output_classes, warn_if_near_chance
 from qdrop_onnx.verify.report import QuantReport
 
 log = logging.getLogger("qdrop_onnx")
@@ -98,6 +100,12 @@ def open_calibration(calib: str | Path | Dataset | object, spec: InputSpec | Seq
     if hasattr(calib, "get_next"):  # onnxruntime.quantization.CalibrationDataReader
         return dataset_from_reader(calib, spec)
     return calib  # type: ignore[return-value]
+
+
+def default_checkpoint(output: str | Path) -> Path:
+    """``.<output name>.checkpoint`` beside the output: where the CLI keeps finished blocks during a run."""
+    path = Path(output)
+    return path.with_name(f".{path.name}.checkpoint")
 
 
 def default_output(model_path: str | Path, config: QuantConfig) -> Path:
@@ -174,7 +182,8 @@ def reconstruct_blocks(sim: QuantSim, loaded: LoadedModel, samples: list[torch.T
                        checkpoint: CheckpointOptions | None = None) -> list[BlockRecord]:
     """BRECQ block by block (AdaRound: layer by layer), with QDrop's dropping for ``qdrop``; resumable."""
     graph = sim.graph
-    blocks = partition(graph, max_weighted=1 if config.method == "adaround" else 8)
+    batch_major = batch_major_tensors(graph, samples) if len(samples[0]) >= 2 else None
+    blocks = partition(graph, max_weighted=1 if config.method == "adaround" else 8, batch_major=batch_major)
     cache_dtype = torch.float16 if config.cache_fp16 else torch.float32
     fingerprint = run_fingerprint(loaded.model.SerializeToString(), asdict(config), samples)
     finished: list[BlockRecord] = []
@@ -318,6 +327,7 @@ def verify(result: QuantResult, reference: str | Path, eval_data: str | Path | N
         # The unused samples were all unreadable: fall back to the calibration samples.
         dataset, source, held_out = result.calibration_data, "calibration data", False
         comparison = compare_models(reference, result.output, dataset, spec, limit=limit, device=device)
+    warn_if_near_chance(comparison.reference_top1, output_classes(result.model), source)
     coverage = integer_kernel_coverage(result.output)
     return Verification(comparison, source, held_out, coverage)
 

@@ -68,8 +68,9 @@ def test_sigint_writes_nothing_and_resume_gives_the_uninterrupted_file(tiny: tup
     out.parent.mkdir()
     code, stdout, stderr = _interrupt(model, imgs, out, ckpt, signal.SIGINT)
     assert code == 130, stderr
-    assert stderr.splitlines() == ["qdrop-onnx: error: interrupted (SIGINT): no output file was written; with "
-                                   "--checkpoint DIR, add --resume to continue"]
+    assert stderr.splitlines() == ["qdrop-onnx: error: interrupted (SIGINT): no output file was written; the "
+                                   f"blocks finished so far are kept in {ckpt}: run the same command with --resume "
+                                   "to continue"]
     assert "block   1" in stdout and "block   3" not in stdout
     assert list(out.parent.iterdir()) == []  # no output, no temporary file
     assert [p.name for p in ckpt.iterdir()] == ["checkpoint.pt"]
@@ -90,8 +91,9 @@ def test_sigterm_exits_143_and_writes_nothing(tiny: tuple[Path, Path], tmp_path:
     out.parent.mkdir()
     code, _, stderr = _interrupt(model, imgs, out, tmp_path / "ckpt", signal.SIGTERM)
     assert code == 143, stderr
-    assert stderr.splitlines() == ["qdrop-onnx: error: terminated (SIGTERM): no output file was written; with "
-                                   "--checkpoint DIR, add --resume to continue"]
+    assert stderr.splitlines() == ["qdrop-onnx: error: terminated (SIGTERM): no output file was written; the "
+                                   f"blocks finished so far are kept in {tmp_path / 'ckpt'}: run the same command "
+                                   "with --resume to continue"]
     assert list(out.parent.iterdir()) == []
 
 
@@ -108,8 +110,44 @@ def test_resume_refuses_a_checkpoint_of_another_run(tiny: tuple[Path, Path], tmp
         f"qdrop-onnx: error: checkpoint {ckpt / 'checkpoint.pt'} was made for a different model, settings or "
         "calibration data; delete it or use another --checkpoint folder"]
     assert not (tmp_path / "b.onnx").exists()
-    usage = subprocess.run([CLI, "quantize", str(model), "--calib", str(imgs), "--resume"], capture_output=True,
-                           text=True, timeout=60)
-    assert usage.returncode == 2
-    assert usage.stderr.splitlines() == ["qdrop-onnx: error: --resume needs --checkpoint DIR (the folder of the "
-                                         "interrupted run)"]
+
+
+def test_without_checkpoint_an_interrupt_keeps_the_blocks_beside_the_output_and_resume_finishes(
+        tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    model, imgs = tiny
+    out = tmp_path / "out" / "q.onnx"
+    out.parent.mkdir()
+    kept = out.parent / ".q.onnx.checkpoint"
+    proc = _start(model, imgs, out)
+    _wait_for(kept / "checkpoint.pt", proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert stderr.splitlines() == ["qdrop-onnx: error: interrupted (SIGINT): no output file was written; the "
+                                   f"blocks finished so far are kept in {kept}: run the same command with --resume "
+                                   "to continue"]
+    resumed = run_quantize(model, "--calib", imgs, "--samples", 16, "--iters", 1500, "--no-report", "-o", out,
+                           "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "block   1" not in resumed.stdout and "block   3" in resumed.stdout
+    assert [p.name for p in out.parent.iterdir()] == ["q.onnx"]  # the checkpoint is gone once the file is written
+
+
+def test_an_error_in_a_later_block_keeps_the_finished_ones_for_resume(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    from qdrop_onnx.api import CheckpointOptions
+
+    model, imgs = tiny
+    config = QuantConfig(samples=16, iters=40)
+
+    def fail_in_block_2(block: int, step: int, loss: float) -> None:
+        if block == 1:
+            raise RuntimeError("a fault in block 2")
+
+    with pytest.raises(RuntimeError, match="a fault in block 2"):
+        quantize(model, imgs, config, tmp_path / "a.onnx", checkpoint=CheckpointOptions(tmp_path / "ckpt"),
+                 progress=fail_in_block_2)
+    assert not (tmp_path / "a.onnx").exists() and (tmp_path / "ckpt" / "checkpoint.pt").exists()
+    resumed = quantize(model, imgs, config, tmp_path / "a.onnx", checkpoint=CheckpointOptions(tmp_path / "ckpt", True))
+    assert [r.index for r in resumed.blocks] == [0, 1, 2]
+    quantize(model, imgs, config, tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()

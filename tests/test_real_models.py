@@ -94,3 +94,15 @@ def test_inspect_resnet20_lists_stem_nine_residual_blocks_and_gemm() -> None:
     assert "  activations: 29 tensors (19 unsigned): 20 inputs of weighted layers, 9 around residual adds" \
         in proc.stdout.splitlines()
     assert "unsupported ops: none" in proc.stdout
+
+
+@needs_assets
+def test_no_preset_resizes_to_the_model_size_and_a_crop_meant_for_imagenet_is_flagged() -> None:
+    # No preset: CIFAR's 32x32 images go in as they are (no 256 -> 32 crop), the float top-1 as published.
+    assert abs(_top1(_eval("resnet20_cifar10", "--data", str(ASSETS / "cifar10/test"))) - 81.03) <= 0.01
+    proc = subprocess.run([*CLI, "eval", str(ASSETS / "models/resnet20_cifar10.onnx"), "--data",
+                           str(ASSETS / "cifar10/test"), "--resize", "256"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "twice chance" in line]
+    assert len(warnings) == 1 and "below twice chance (10.0 %): the preprocessing is probably wrong" in warnings[0]

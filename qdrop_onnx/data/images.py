@@ -44,6 +44,9 @@ class Preprocess:
     input_name: str = "input"
 
 
+# No preset: straight to the model's input size (no crop: a crop made for 224 from 256 would cut CIFAR's 32x32
+# images to 32/256 of their width), ImageNet statistics. Cropping only when asked (a preset or --resize).
+PLAIN = Preprocess(size=None, resize=None, mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
 PRESETS: dict[str, Preprocess] = {
     "cifar10": Preprocess(size=(32, 32), resize=None, mean=_IMAGENET_MEAN, std=_IMAGENET_STD),
     "imagenet": Preprocess(size=(224, 224), resize=256, mean=_IMAGENET_MEAN, std=_IMAGENET_STD),
@@ -54,10 +57,11 @@ PRESETS: dict[str, Preprocess] = {
 def resolve_preprocess(spec: InputSpec, *, preset: str | None = None, mean: tuple[float, ...] | None = None,
                        std: tuple[float, ...] | None = None, size: tuple[int, int] | None = None,
                        resize: int | None = None) -> Preprocess:
-    """A preset (default ``imagenet``) with explicit overrides; size and layout checked against the model."""
+    """A preset (default: none, :data:`PLAIN`) with explicit overrides; size and layout checked against the
+    model."""
     if preset is not None and preset not in PRESETS:
         raise DataError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    base = PRESETS[preset or "imagenet"]
+    base = PRESETS[preset] if preset is not None else PLAIN
     model_hw = spec.spatial
     if size is None and preset is None and None not in model_hw:
         size = model_hw  # no preset: the model's own input size

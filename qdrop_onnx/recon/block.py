@@ -168,4 +168,6 @@ def reconstruct_block(forward: BlockForward, x_fp: Sequence[Tensor], x_q: Sequen
             trace.append(float(rec.detach()))
             if progress is not None:
                 progress(step + 1, trace[-1])
+            if not math.isfinite(trace[-1]):
+                break  # diverged: the caller restores round-to-nearest; more steps cannot bring it back
     return trace, time.perf_counter() - start

@@ -10,6 +10,8 @@ to float with probability ``drop_prob``; their step sizes are learned with the r
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -22,6 +24,8 @@ from qdrop_onnx.quant.sim import QuantSim
 from qdrop_onnx.recon.block import BlockRecord, ReconConfig, reconstruct_block, reconstruction_loss
 from qdrop_onnx.recon.cache import TensorCache, run_batched
 from qdrop_onnx.recon.sequence import SequenceLayout, sequence_layout
+
+log = logging.getLogger("qdrop_onnx")
 
 EVAL_SAMPLES = 256
 EVAL_BATCH = 64
@@ -138,7 +142,12 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
     for q in rounding:
         q.harden()
     loss_after = _eval_loss(eval_forward, x_fp, x_q, y_fp, device, positions)
-    kept_rtn = loss_after > loss_before
+    learned = [q.alpha for q in rounding] + [q.scale for q in learned_acts]
+    finite = math.isfinite(loss_after) and all(bool(torch.isfinite(p).all()) for p in learned)
+    if not finite:
+        log.warning("block %d (%s): reconstruction diverged (loss %.4g -> %s); restored to round-to-nearest",
+                    block.index, block.name, loss_before, loss_after)
+    kept_rtn = not finite or loss_after > loss_before
     if kept_rtn:
         # Never worse than where it started: a very short budget (or a bad step) can end above the
         # round-to-nearest loss; then the start (hard h(V) at its initial V is round-to-nearest, and the

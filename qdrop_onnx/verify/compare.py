@@ -3,7 +3,8 @@
 What a user needs to trust a quantized file, by the kind of its first output: for class logits the
 accuracy next to the float model's when the data has labels and how often the two agree on the top-1
 class; for hidden states of a sequence model the cosine of the mean-pooled sentence embeddings (over the
-tokens the attention mask marks); for anything else the cosine per sample; and in every case the output
+tokens the attention mask marks); for maps the per-pixel class agreement, or the IoU of a 1-channel
+probability map thresholded at 0.5; for anything else the cosine per sample; and in every case the output
 SQNR (10 log10 of signal power over quantization-noise power, padded positions left out).
 """
 
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from qdrop_onnx.data.spec import POSITION_MASK, Dataset, InputSpec, as_specs, batch_size_of, fixed_batch
@@ -24,9 +26,11 @@ from qdrop_onnx.verify.evaluate import make_session, run_first_output
 
 # What the first model output is, which decides the metrics that mean something for it:
 # "classes" [N, C] logits (top-1/top-5 with labels, top-1 agreement); "sequence" [N, T, D] hidden states with an
-# attention mask (cosine of the mean-pooled embeddings, SQNR over real tokens); "tensor" anything else (SQNR,
-# cosine per sample).
-OUTPUT_KINDS = ("classes", "sequence", "tensor")
+# attention mask (cosine of the mean-pooled embeddings, SQNR over real tokens); "map" [N, C, H, W] dense
+# outputs (per-pixel argmax agreement for C > 1, IoU of the 0.5-thresholded map for C = 1: a sigmoid
+# probability map, as text detectors and segmenters write); "tensor" anything else (SQNR, cosine per sample).
+OUTPUT_KINDS = ("classes", "sequence", "map", "tensor")
+MAP_THRESHOLD = 0.5
 
 
 @dataclass
@@ -47,11 +51,13 @@ class Comparison:
     kind: str = "classes"
     cosine_mean: float | None = None
     cosine_min: float | None = None
+    pixel_agreement: float | None = None  # maps with C > 1: % of pixels whose argmax class agrees
+    iou: float | None = None  # maps with C = 1: % IoU of the two maps thresholded at MAP_THRESHOLD
 
     def to_dict(self) -> dict[str, float | int | str | None]:
         """Every field, less the metrics that do not apply to this kind of output."""
         out = asdict(self)
-        for key in ("agreement", "cosine_mean", "cosine_min"):
+        for key in ("agreement", "cosine_mean", "cosine_min", "pixel_agreement", "iou"):
             if out[key] is None:
                 del out[key]
         return out
@@ -62,7 +68,18 @@ def output_kind(output: np.ndarray, positions: np.ndarray | None) -> str:
         return "classes"
     if output.ndim == 3 and positions is not None and positions.shape == output.shape[:2]:
         return "sequence"
-    return "tensor"
+    return "map" if output.ndim == 4 else "tensor"
+
+
+def model_output_kind(model: onnx.ModelProto) -> str:
+    """The kind :func:`output_kind` will find, from the first output's rank and the inputs (before running)."""
+    rank = len(model.graph.output[0].type.tensor_type.shape.dim)
+    inputs = {i.name for i in model.graph.input}
+    if rank == 2:
+        return "classes"
+    if rank == 3 and POSITION_MASK in inputs:
+        return "sequence"
+    return "map" if rank == 4 else "tensor"
 
 
 def _positions(batch: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -105,6 +122,7 @@ def compare_models(reference: str | Path | ort.InferenceSession, quantized: str 
     seconds = {"ref": 0.0, "q": 0.0}
     kind = None
     cosines: list[np.ndarray] = []
+    pixels = pixels_agreeing = intersection = union = 0
     for x, y in dataset.batches(batch_size, limit):
         raw = {}
         for key, session in (("ref", ref), ("q", qnt)):
@@ -121,6 +139,13 @@ def compare_models(reference: str | Path | ort.InferenceSession, quantized: str 
             pooled = {k: (v * weight).sum(1) / np.maximum(weight.sum(1), 1.0) for k, v in raw.items()}
             cosines.append(_cosines(pooled["ref"], pooled["q"]))
         else:
+            if kind == "map" and raw["ref"].shape[1] > 1:
+                pixels += raw["ref"][:, 0].size
+                pixels_agreeing += int((raw["ref"].argmax(1) == raw["q"].argmax(1)).sum())
+            elif kind == "map":
+                a, b = raw["ref"] > MAP_THRESHOLD, raw["q"] > MAP_THRESHOLD
+                intersection += int((a & b).sum())
+                union += int((a | b).sum())
             outs = {k: v.reshape(n, -1) for k, v in raw.items()}
             if kind == "classes":
                 for key in ("ref", "q"):
@@ -129,7 +154,7 @@ def compare_models(reference: str | Path | ort.InferenceSession, quantized: str 
                         hits[key][0] += top1
                         hits[key][1] += top5
                 agree += int((outs["ref"].argmax(1) == outs["q"].argmax(1)).sum())
-            else:
+            elif kind == "tensor":
                 cosines.append(_cosines(outs["ref"], outs["q"]))
             signal += float((outs["ref"] ** 2).sum())
             noise += float(((outs["ref"] - outs["q"]) ** 2).sum())
@@ -144,4 +169,6 @@ def compare_models(reference: str | Path | ort.InferenceSession, quantized: str 
     return Comparison(count, pct(hits["ref"][0]), pct(hits["ref"][1]), pct(hits["q"][0]), pct(hits["q"][1]),
                       100.0 * agree / count if kind == "classes" else None, sqnr_db(signal, noise), seconds["ref"],
                       seconds["q"], kind or "classes", None if cos is None else float(cos.mean()),
-                      None if cos is None else float(cos.min()))
+                      None if cos is None else float(cos.min()),
+                      100.0 * pixels_agreeing / pixels if pixels else None,
+                      (100.0 * intersection / union if union else 100.0) if kind == "map" and not pixels else None)

@@ -98,6 +98,10 @@ def verification_rows(verification: dict[str, Any]) -> list[tuple[str, str, str]
                      _fmt(verification["quantized_top5"], unit=" %")))
     if verification.get("agreement") is not None:
         rows.append(("top-1 agreement", "", _fmt(verification["agreement"], unit=" %")))
+    if verification.get("pixel_agreement") is not None:
+        rows.append(("pixel agreement", "", _fmt(verification["pixel_agreement"], unit=" %")))
+    if verification.get("iou") is not None:
+        rows.append(("map IoU (> 0.5)", "", _fmt(verification["iou"], unit=" %")))
     if verification.get("cosine_mean") is not None:
         what = "embedding cosine" if verification.get("kind") == "sequence" else "output cosine"
         rows.append((f"{what} mean", "", _fmt(verification["cosine_mean"], ".4f")))
