@@ -255,3 +255,32 @@ def test_a_dense_map_model_quantizes_keeps_its_dynamic_axes_and_is_judged_by_iou
     out = ort.InferenceSession(str(result.output), providers=["CPUExecutionProvider"]).run(
         None, {"x": np.zeros((2, 3, 24, 40), np.float32)})[0]
     assert out.shape == (2, 1, 24, 40)
+
+
+def test_every_output_is_verified_by_its_own_kind(tmp_path: Path) -> None:
+    """Class logits and a probability map from one trunk: the logits get agreement, the map IoU, each SQNR."""
+    from onnx import helper
+
+    from qdrop_onnx.api import quantize, verify
+    from qdrop_onnx.quant.config import QuantConfig
+    from qdrop_onnx.verify.report import verification_rows
+    from tests.helpers import make_model
+
+    rng = np.random.RandomState(3)
+    consts = {"w1": (rng.randn(8, 3, 3, 3) * 0.3).astype(np.float32), "wm": (rng.randn(1, 8, 1, 1) * 0.3)
+              .astype(np.float32), "wc": (rng.randn(5, 8) * 0.3).astype(np.float32)}
+    N = helper.make_node
+    nodes = [N("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1], name="trunk"), N("Relu", ["c"], ["r"]),
+             N("Conv", ["r", "wm"], ["m"], name="map_head"), N("Sigmoid", ["m"], ["mask"]),
+             N("GlobalAveragePool", ["r"], ["g"]), N("Flatten", ["g"], ["f"]),
+             N("Gemm", ["f", "wc"], ["logits"], transB=1, name="class_head")]
+    onnx.save(make_model(nodes, {"x": np.zeros((1, 3, 8, 8), np.float32)}, ["logits", "mask"], consts),
+              tmp_path / "two.onnx")
+    np.save(tmp_path / "x.npy", rng.randn(64, 3, 8, 8).astype(np.float32))
+    result = quantize(tmp_path / "two.onnx", tmp_path / "x.npy", QuantConfig(w_bits=8, a_bits=8, method="rtn",
+                                                                            samples=32), tmp_path / "q.onnx")
+    shown = verify(result, tmp_path / "two.onnx").to_dict()
+    assert shown["output"] == "logits" and shown["kind"] == "classes" and "agreement" in shown
+    [mask] = shown["outputs"]
+    assert mask["output"] == "mask" and mask["kind"] == "map" and "iou" in mask and "agreement" not in mask
+    assert ("mask: map IoU (> 0.5)", "", f"{mask['iou']:.2f} %") in verification_rows(shown)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -22,7 +23,7 @@ import onnxruntime as ort
 
 from qdrop_onnx.data.spec import POSITION_MASK, Dataset, InputSpec, as_specs, batch_size_of, fixed_batch
 from qdrop_onnx.errors import DataError
-from qdrop_onnx.verify.evaluate import make_session, run_first_output
+from qdrop_onnx.verify.evaluate import make_session, run_outputs
 
 # What the first model output is, which decides the metrics that mean something for it:
 # "classes" [N, C] logits (top-1/top-5 with labels, top-1 agreement); "sequence" [N, T, D] hidden states with an
@@ -53,13 +54,19 @@ class Comparison:
     cosine_min: float | None = None
     pixel_agreement: float | None = None  # maps with C > 1: % of pixels whose argmax class agrees
     iou: float | None = None  # maps with C = 1: % IoU of the two maps thresholded at MAP_THRESHOLD
+    output: str | None = None  # the output's name
+    outputs: list[Comparison] = field(default_factory=list)  # the model's other outputs, each by its kind
 
-    def to_dict(self) -> dict[str, float | int | str | None]:
-        """Every field, less the metrics that do not apply to this kind of output."""
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, less the metrics that do not apply to this kind of output (and ``outputs`` for a model
+        with one output)."""
         out = asdict(self)
+        out["outputs"] = [o.to_dict() for o in self.outputs]
         for key in ("agreement", "cosine_mean", "cosine_min", "pixel_agreement", "iou"):
             if out[key] is None:
                 del out[key]
+        if not out["outputs"]:
+            del out["outputs"]
         return out
 
 
@@ -107,68 +114,91 @@ def sqnr_db(signal_power: float, noise_power: float) -> float:
     return 10.0 * math.log10(max(signal_power, 1e-30) / noise_power)
 
 
+class _OutputComparison:
+    """Running sums for one model output, over batches: what :class:`Comparison` reports for it."""
+
+    def __init__(self) -> None:
+        self.kind: str | None = None
+        self.hits = {"ref": [0, 0], "q": [0, 0]}
+        self.agree = self.pixels = self.pixels_agreeing = self.intersection = self.union = 0
+        self.signal = self.noise = 0.0
+        self.cosines: list[np.ndarray] = []
+
+    def add(self, ref: np.ndarray, q: np.ndarray, positions: np.ndarray | None, labels: np.ndarray | None) -> None:
+        raw = {"ref": ref.astype(np.float64), "q": q.astype(np.float64)}
+        self.kind = self.kind or output_kind(raw["ref"], positions)
+        n = len(ref)
+        if self.kind == "sequence":
+            weight = positions[..., None]  # padded positions carry no signal and no noise
+            self.signal += float(((raw["ref"] * weight) ** 2).sum())
+            self.noise += float((((raw["ref"] - raw["q"]) * weight) ** 2).sum())
+            pooled = {k: (v * weight).sum(1) / np.maximum(weight.sum(1), 1.0) for k, v in raw.items()}
+            self.cosines.append(_cosines(pooled["ref"], pooled["q"]))
+            return
+        if self.kind == "map" and raw["ref"].shape[1] > 1:
+            self.pixels += raw["ref"][:, 0].size
+            self.pixels_agreeing += int((raw["ref"].argmax(1) == raw["q"].argmax(1)).sum())
+        elif self.kind == "map":
+            a, b = raw["ref"] > MAP_THRESHOLD, raw["q"] > MAP_THRESHOLD
+            self.intersection += int((a & b).sum())
+            self.union += int((a | b).sum())
+        outs = {k: v.reshape(n, -1) for k, v in raw.items()}
+        if self.kind == "classes":
+            for key in ("ref", "q"):
+                if labels is not None:
+                    top1, top5 = _topk_hits(outs[key], labels)
+                    self.hits[key][0] += top1
+                    self.hits[key][1] += top5
+            self.agree += int((outs["ref"].argmax(1) == outs["q"].argmax(1)).sum())
+        elif self.kind == "tensor":
+            self.cosines.append(_cosines(outs["ref"], outs["q"]))
+        self.signal += float((outs["ref"] ** 2).sum())
+        self.noise += float(((outs["ref"] - outs["q"]) ** 2).sum())
+
+    def result(self, count: int, labeled: bool, seconds: dict[str, float], name: str | None) -> Comparison:
+        kind = self.kind or "classes"
+
+        def pct(n: int) -> float | None:
+            return 100.0 * n / count if labeled and kind == "classes" else None
+
+        cos = np.concatenate(self.cosines) if self.cosines else None
+        iou = None
+        if kind == "map" and not self.pixels:
+            iou = 100.0 * self.intersection / self.union if self.union else 100.0
+        return Comparison(count, pct(self.hits["ref"][0]), pct(self.hits["ref"][1]), pct(self.hits["q"][0]),
+                          pct(self.hits["q"][1]), 100.0 * self.agree / count if kind == "classes" else None,
+                          sqnr_db(self.signal, self.noise), seconds["ref"], seconds["q"], kind,
+                          None if cos is None else float(cos.mean()), None if cos is None else float(cos.min()),
+                          100.0 * self.pixels_agreeing / self.pixels if self.pixels else None, iou, name)
+
+
 def compare_models(reference: str | Path | ort.InferenceSession, quantized: str | Path | ort.InferenceSession,
                    dataset: Dataset, spec: InputSpec | Sequence[InputSpec], *, batch_size: int = 64,
                    limit: int | None = None,
                    device: str = "cpu") -> Comparison:
-    """Evaluate both models on ``dataset`` (first output = logits/scores) and compare them."""
+    """Evaluate both models on ``dataset`` and compare them, every output by its kind: the first output's
+    comparison, with the others' in ``outputs`` (labels score the first output only)."""
     ref = reference if isinstance(reference, ort.InferenceSession) else make_session(reference, device=device)
     qnt = quantized if isinstance(quantized, ort.InferenceSession) else make_session(quantized, device=device)
     labeled = dataset.labels is not None
     batch_size = fixed_batch(as_specs(spec)) or batch_size
-    hits = {"ref": [0, 0], "q": [0, 0]}
-    count = agree = 0
-    signal = noise = 0.0
+    names = [o.name for o in ref.get_outputs()]
+    per_output = [_OutputComparison() for _ in names]
+    count = 0
     seconds = {"ref": 0.0, "q": 0.0}
-    kind = None
-    cosines: list[np.ndarray] = []
-    pixels = pixels_agreeing = intersection = union = 0
     for x, y in dataset.batches(batch_size, limit):
-        raw = {}
+        results = {}
         for key, session in (("ref", ref), ("q", qnt)):
             start = time.perf_counter()
-            raw[key] = run_first_output(session, x, spec).astype(np.float64)
+            results[key] = run_outputs(session, x, spec)
             seconds[key] += time.perf_counter() - start
         positions = _positions(x)
-        kind = kind or output_kind(raw["ref"], positions)
-        n = batch_size_of(x)
-        if kind == "sequence":
-            weight = positions[..., None]  # padded positions carry no signal and no noise
-            signal += float(((raw["ref"] * weight) ** 2).sum())
-            noise += float((((raw["ref"] - raw["q"]) * weight) ** 2).sum())
-            pooled = {k: (v * weight).sum(1) / np.maximum(weight.sum(1), 1.0) for k, v in raw.items()}
-            cosines.append(_cosines(pooled["ref"], pooled["q"]))
-        else:
-            if kind == "map" and raw["ref"].shape[1] > 1:
-                pixels += raw["ref"][:, 0].size
-                pixels_agreeing += int((raw["ref"].argmax(1) == raw["q"].argmax(1)).sum())
-            elif kind == "map":
-                a, b = raw["ref"] > MAP_THRESHOLD, raw["q"] > MAP_THRESHOLD
-                intersection += int((a & b).sum())
-                union += int((a | b).sum())
-            outs = {k: v.reshape(n, -1) for k, v in raw.items()}
-            if kind == "classes":
-                for key in ("ref", "q"):
-                    if labeled and y is not None:
-                        top1, top5 = _topk_hits(outs[key], y)
-                        hits[key][0] += top1
-                        hits[key][1] += top5
-                agree += int((outs["ref"].argmax(1) == outs["q"].argmax(1)).sum())
-            elif kind == "tensor":
-                cosines.append(_cosines(outs["ref"], outs["q"]))
-            signal += float((outs["ref"] ** 2).sum())
-            noise += float(((outs["ref"] - outs["q"]) ** 2).sum())
-        count += n
+        for i, sums in enumerate(per_output):
+            sums.add(results["ref"][i], results["q"][i], positions, y if labeled and i == 0 else None)
+        count += batch_size_of(x)
     if count == 0:
         raise DataError("no samples to compare the models on")
-
-    def pct(n: int) -> float | None:
-        return 100.0 * n / count if labeled and kind == "classes" else None
-
-    cos = np.concatenate(cosines) if cosines else None
-    return Comparison(count, pct(hits["ref"][0]), pct(hits["ref"][1]), pct(hits["q"][0]), pct(hits["q"][1]),
-                      100.0 * agree / count if kind == "classes" else None, sqnr_db(signal, noise), seconds["ref"],
-                      seconds["q"], kind or "classes", None if cos is None else float(cos.mean()),
-                      None if cos is None else float(cos.min()),
-                      100.0 * pixels_agreeing / pixels if pixels else None,
-                      (100.0 * intersection / union if union else 100.0) if kind == "map" and not pixels else None)
+    first, *others = [sums.result(count, labeled and i == 0, seconds, name)
+                      for i, (sums, name) in enumerate(zip(per_output, names, strict=True))]
+    first.outputs = others
+    return first

@@ -109,13 +109,18 @@ class ClassificationResult:
     predictions: np.ndarray
 
 
-def run_first_output(session: ort.InferenceSession, batch: Batch, spec: InputSpec | Sequence[InputSpec]) -> np.ndarray:
-    """The first output of ``session`` on ``batch``; a model with a fixed batch size gets a padded batch."""
+def run_outputs(session: ort.InferenceSession, batch: Batch, spec: InputSpec | Sequence[InputSpec]) -> list[np.ndarray]:
+    """Every output of ``session`` on ``batch``; a model with a fixed batch size gets a padded batch."""
     count, fixed = batch_size_of(batch), fixed_batch(as_specs(spec))
     if fixed is not None and count < fixed:
         padded = {n: np.concatenate([a, np.repeat(a[-1:], fixed - count, axis=0)]) for n, a in batch.items()}
-        return session.run(None, padded)[0][:count]
-    return session.run(None, batch)[0]
+        return [out[:count] for out in session.run(None, padded)]
+    return session.run(None, batch)
+
+
+def run_first_output(session: ort.InferenceSession, batch: Batch, spec: InputSpec | Sequence[InputSpec]) -> np.ndarray:
+    """The first output of ``session`` on ``batch`` (see :func:`run_outputs`)."""
+    return run_outputs(session, batch, spec)[0]
 
 
 def evaluate_classification(session: ort.InferenceSession, dataset: Dataset, spec: InputSpec | Sequence[InputSpec], *,

@@ -89,7 +89,17 @@ def _fmt(value: Any, spec: str = ".2f", unit: str = "") -> str:
 
 
 def verification_rows(verification: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(metric, reference, quantized) rows of the verification table (shared by the CLI and Markdown)."""
+    """(metric, reference, quantized) rows of the verification table (shared by the CLI and Markdown); a
+    model's further outputs follow, each metric prefixed by the output's name."""
+    rows = _output_rows(verification)
+    rows.append(("ORT time", _fmt(verification["reference_seconds"], ".2f", " s"),
+                 _fmt(verification["quantized_seconds"], ".2f", " s")))
+    for other in verification.get("outputs", []):
+        rows += [(f"{other['output']}: {metric}", ref, q) for metric, ref, q in _output_rows(other)]
+    return rows
+
+
+def _output_rows(verification: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = []
     if verification.get("reference_top1") is not None:
         rows.append(("top-1", _fmt(verification["reference_top1"], unit=" %"),
@@ -107,8 +117,6 @@ def verification_rows(verification: dict[str, Any]) -> list[tuple[str, str, str]
         rows.append((f"{what} mean", "", _fmt(verification["cosine_mean"], ".4f")))
         rows.append((f"{what} min", "", _fmt(verification["cosine_min"], ".4f")))
     rows.append(("output SQNR", "", _fmt(verification["sqnr_db"], ".1f", " dB")))
-    rows.append(("ORT time", _fmt(verification["reference_seconds"], ".2f", " s"),
-                 _fmt(verification["quantized_seconds"], ".2f", " s")))
     return rows
 
 
