@@ -151,3 +151,40 @@ def test_an_error_in_a_later_block_keeps_the_finished_ones_for_resume(tiny: tupl
     assert [r.index for r in resumed.blocks] == [0, 1, 2]
     quantize(model, imgs, config, tmp_path / "b.onnx")
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_a_block_that_raises_ends_in_one_line_and_resume_finishes(tiny: tuple[Path, Path], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A fault injected into our own reconstruction of block 2 (not a mock of torch or onnxruntime)."""
+    from cli.main import cli
+    from qdrop_onnx.recon import run
+
+    model, imgs = tiny
+    out = tmp_path / "out" / "q.onnx"
+    out.parent.mkdir()
+    args = [str(model), "--calib", str(imgs), "--samples", "16", "--iters", "30", "--no-report", "-o", str(out)]
+    real = run._reconstruct_one
+
+    def failing(sim: object, block: object, *rest: object, **kw: object) -> object:
+        if block.index == 1:  # type: ignore[attr-defined]
+            raise ValueError("injected fault in block 2")
+        return real(sim, block, *rest, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(run, "_reconstruct_one", failing)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["quantize", *args], prog_name="qdrop-onnx")
+    assert stopped.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    kept = out.parent / ".q.onnx.checkpoint"
+    assert len(lines) == 1 and lines[0].startswith("qdrop-onnx: error: internal error, ValueError: injected fault")
+    assert lines[0].endswith(f"; the blocks finished so far are kept in {kept}: run the same command with "
+                             "--resume to continue")
+    assert not out.exists() and (kept / "checkpoint.pt").exists()
+    monkeypatch.setattr(run, "_reconstruct_one", real)
+    resumed = run_quantize(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "block   1" not in resumed.stdout and "block   3" in resumed.stdout
+    plain = run_quantize(*args[:-1], str(tmp_path / "plain.onnx"))
+    assert plain.returncode == 0, plain.stderr
+    assert out.read_bytes() == (tmp_path / "plain.onnx").read_bytes()
