@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -111,12 +112,19 @@ def machine() -> dict[str, object]:
             "cpu_cores": os.cpu_count(), "machine": platform.machine(), "cuda": cuda}
 
 
-def run_process(command: list[str], job_file: Path, log: Path) -> tuple[int, float, float]:
-    """(exit code, wall seconds, peak RSS in MB of that process alone)."""
+def _cap_address_space(limit_bytes: int) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+
+def run_process(command: list[str], job_file: Path, log: Path,
+                limit_bytes: int | None = None) -> tuple[int, float, float]:
+    """(exit code, wall seconds, peak RSS in MB of that process alone). ``limit_bytes`` caps the process's
+    address space, so a job that wants more memory fails (a row saying so) instead of the machine swapping."""
     start = time.perf_counter()
     with log.open("w") as out:
         process = subprocess.Popen(command + [str(job_file)], stdout=out, stderr=subprocess.STDOUT,
-                                   cwd=job_file.parent, env={**os.environ, "PYTHONPATH": str(ROOT.parent)})
+                                   cwd=job_file.parent, env={**os.environ, "PYTHONPATH": str(ROOT.parent)},
+                                   preexec_fn=(lambda: _cap_address_space(limit_bytes)) if limit_bytes else None)
         try:
             _, status, usage = os.wait4(process.pid, 0)
         except BaseException:

@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import ASSETS, RESULTS, ROOT, median_ms
+from bench.run import last_line, run_process
 from qdrop_onnx.errors import first_line
 from qdrop_onnx.fileio import write_atomic
 
@@ -141,10 +139,6 @@ def score_text(path: Path, reference: np.ndarray, latency_repeats: int = 20) -> 
     return row
 
 
-def _cap_memory(limit_bytes: int) -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-
-
 def run_job(job: TextJob, work: Path, limit_bytes: int) -> dict[str, object]:
     """Quantize in a process of its own (bench.jobs); the row's measurement fields, or why it failed."""
     out = work / "q.onnx"
@@ -155,34 +149,12 @@ def run_job(job: TextJob, work: Path, limit_bytes: int) -> dict[str, object]:
     job_file = work / "job.json"
     job_file.write_text(json.dumps(payload))
     log = work / "log.txt"
-    start = time.perf_counter()
-    with log.open("w") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "bench.jobs", str(job_file)], stdout=sink,
-                                   stderr=subprocess.STDOUT, cwd=work, preexec_fn=lambda: _cap_memory(limit_bytes),
-                                   env={**os.environ, "PYTHONPATH": str(ROOT.parent)})
-        _, status, usage = _wait(process)
-    wall = time.perf_counter() - start
-    code = _exit_code(status)
+    code, wall, rss = run_process([sys.executable, "-m", "bench.jobs"], job_file, log, limit_bytes)
     if code != 0:
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-        last = lines[-1][:300] if lines else "no output"
-        return {"status": "failed", "reason": f"exit {code}: {last}", "seconds": round(wall, 1)}
+        return {"status": "failed", "reason": f"exit {code}: {last_line(log)}", "seconds": round(wall, 1)}
     reported = json.loads((work / "result.json").read_text())
     return {"status": "ok", "file": str(out), "seconds": reported.pop("seconds", round(wall, 2)),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1), "tool_report": reported}
-
-
-def _wait(process: subprocess.Popen) -> tuple[int, int, object]:
-    try:
-        return os.wait4(process.pid, 0)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-
-
-def _exit_code(status: int) -> int:
-    return os.waitstatus_to_exitcode(status)
+            "peak_rss_mb": round(rss, 1), "tool_report": reported}
 
 
 def describe(row: dict[str, object]) -> str:
