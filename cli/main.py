@@ -357,6 +357,15 @@ class GroupedOptionsCommand(click.Command):
                 formatter.write_dl(rest)  # type: ignore[arg-type]
 
 
+def _parse_layer_rules(param: click.Parameter, values: tuple[str, ...]) -> list[Any]:
+    from qdrop_onnx.quant.config import ConfigError, LayerRule
+
+    try:
+        return [LayerRule.parse(v) for v in values]
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--layer-bits "), param=param) from None
+
+
 def _parse_bounds(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Any, ...]:
     from qdrop_onnx.verify.gate import Bound, GateError
 
@@ -370,8 +379,8 @@ class QuantizeCommand(GroupedOptionsCommand):
     SECTIONS = (
         ("Input and output", ("calib", "output", "config_file", "report", "no_report")),
         ("Quantization", ("w_bits", "a_bits", "method", "format", "weight_asymmetric", "quantize_first_last",
-                          "first_last_bits", "residual_bits", "embedding_bits", "exclude", "act_init", "lp_norm",
-                          "reduce_range")),
+                          "first_last_bits", "residual_bits", "embedding_bits", "exclude", "layers", "act_init",
+                          "lp_norm", "reduce_range")),
         ("Reconstruction", ("iters", "samples", "calib_act_samples", "batch_size", "drop_prob", "reg_weight",
                             "round_lr", "cache_fp16", "max_cache_gb", "seed", "device", "checkpoint_dir", "resume")),
         ("Calibration data", ("preset", "mean", "std", "size", "resize", "tokenizer", "max_length")),
@@ -485,6 +494,11 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
               help="Bits of embedding tables (Gather from a constant table: word, position, token type), per row, "
                    "round to nearest. [default: 8]")
 @click.option("--exclude", multiple=True, help="Keep this weighted node in float (repeatable; see `inspect`).")
+@click.option("--layer-bits", "layers", multiple=True, callback=lambda ctx, param, v: _parse_layer_rules(param, v),
+              metavar="PATTERN=W[:A]",
+              help="Bits of the weighted layers whose node name matches PATTERN (a name or a glob such as "
+                   "'*conv*'): weights W, input activations A; repeatable, after the config file's `layers` "
+                   "rules; the later of two disagreeing rules wins (a warning names them).")
 @click.option("--act-init", type=click.Choice(["minmax", "percentile", "mse"]), default=None,
               help="Activation range initialisation. [default: mse]")
 @click.option("--lp-norm", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -560,6 +574,8 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
 
     settings = read_config_file(config_file) if config_file else {}
     flags["exclude"] = list(flags["exclude"]) or None
+    # Per-layer rules add up: the config file's first, then --layer-bits (later rules win).
+    flags["layers"] = [*settings.get("layers", []), *flags["layers"]] or None
     settings.update({k: v for k, v in flags.items() if v is not None})
     config = QuantConfig.from_dict(settings, source=config_file or "flags").validate()
     out = Path(output) if output else default_output(model, config)

@@ -355,7 +355,8 @@ def build_report(result: QuantResult, model: str | Path, verification: Verificat
     sqnr = weight_sqnr(result)
     plan = result.plan
     layers = [{"node": name, "op_type": spec.op_type, "bits": spec.bits, "symmetric": spec.symmetric,
-               "weight_sqnr_db": sqnr[name]} for name, spec in plan.weights.items()]
+               "weight_sqnr_db": sqnr[name], **({"rule": spec.rule} if spec.rule else {})}
+              for name, spec in plan.weights.items()]
     activations = [{"tensor": t, "bits": spec.bits, "reason": spec.reason} for t, spec in plan.activations.items()]
     blocks = [{"index": b.index, "name": b.name, "kind": b.kind, "loss_before": b.loss_before,
                "loss_after": b.loss_after, "seconds": b.seconds, "undecided": b.undecided,

@@ -23,6 +23,48 @@ class ConfigError(QdropError):
     """An invalid configuration value (bad bit width, unknown method, unreadable --config file)."""
 
 
+@dataclass(frozen=True)
+class LayerRule:
+    """Settings for the weighted layers whose node name matches ``pattern`` (a name or an fnmatch glob).
+
+    ``None`` leaves a setting as the rest of the configuration decides it. Rules apply in order; where two
+    disagree on a node, the later one wins (placement warns). ``source`` says where the rule came from
+    (``--layer-bits conv*=2:4``, ``layers[0]`` of a config file), for warnings and the report.
+    """
+
+    pattern: str
+    w_bits: int | None = None
+    a_bits: int | None = None
+    symmetric: bool | None = None
+    exclude: bool | None = None
+    source: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> LayerRule:
+        """``PATTERN=W`` or ``PATTERN=W:A`` (the ``--layer-bits`` syntax)."""
+        pattern, sep, bits = text.rpartition("=")
+        w, _, a = bits.partition(":")
+        try:
+            if not sep or not pattern:
+                raise ValueError
+            return cls(pattern, int(w), int(a) if a else None, source=f"--layer-bits {text}")
+        except ValueError:
+            raise ConfigError(f"--layer-bits takes PATTERN=W or PATTERN=W:A (e.g. 'conv1=8' or '*dw*=4:8'), "
+                              f"got {text!r}") from None
+
+    @classmethod
+    def from_table(cls, values: dict[str, Any], index: int) -> LayerRule:
+        """One entry of a config file's ``layers`` table: ``pattern`` (or ``node``) and settings."""
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        pattern = values.pop("pattern", values.pop("node", None))
+        known = {"w_bits", "a_bits", "symmetric", "exclude"}
+        unknown = sorted(set(values) - known)
+        if not isinstance(pattern, str) or not pattern or unknown:
+            raise ConfigError(f"layers[{index}] needs a 'pattern' (node name or glob) and settings among "
+                              f"{', '.join(sorted(known))}" + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+        return cls(pattern, source=f"layers[{index}] ({pattern})", **values)
+
+
 @dataclass
 class QuantConfig:
     """How to quantize a model. Every field has a CLI flag of the same name with dashes for underscores
@@ -38,6 +80,7 @@ class QuantConfig:
     residual_bits: int = 8
     embedding_bits: int = 8  # tables of Gather on a constant (word/position/token-type embeddings)
     exclude: list[str] = field(default_factory=list)
+    layers: list[LayerRule] = field(default_factory=list)  # per-layer rules, in order (later wins)
     act_init: str = "mse"
     lp_norm: float = 2.4
     reduce_range: bool = False
@@ -74,6 +117,11 @@ class QuantConfig:
             raise ConfigError("--max-cache-gb must be positive")
         if self.lp_norm <= 0:
             raise ConfigError("--lp-norm must be positive")
+        for rule in self.layers:
+            for bits in (rule.w_bits, rule.a_bits):
+                if bits is not None and (not isinstance(bits, int) or not 2 <= bits <= 8):
+                    raise ConfigError(f"{rule.source or rule.pattern}: bit widths are integers from 2 to 8, "
+                                      f"got {bits!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,12 +135,22 @@ class QuantConfig:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)} (settings are the fields of "
                               "QuantConfig, e.g. w_bits, drop_prob; data, device, verification and output are "
                               "given as flags)")
+        layers = values.get("layers") or []
+        if not isinstance(layers, list):
+            raise ConfigError(f"{source}: 'layers' must be a list of tables (pattern = ..., w_bits = ...)")
+        rules = []
+        for i, r in enumerate(layers):
+            if not isinstance(r, LayerRule | dict):
+                raise ConfigError(f"{source}: layers[{i}] must be a table (pattern = ..., w_bits = ...)")
+            rules.append(r if isinstance(r, LayerRule) else LayerRule.from_table(r, i))
+        values = {**values, "layers": rules}
         return cls(**values)
 
 
 def flag_name(field_name: str) -> str:
     """The CLI flag of a QuantConfig field, as error messages name it (``w_bits`` -> ``--w``)."""
-    return {"w_bits": "--w", "a_bits": "--a"}.get(field_name, "--" + field_name.replace("_", "-"))
+    special = {"w_bits": "--w", "a_bits": "--a", "layers": "--layer-bits"}
+    return special.get(field_name, "--" + field_name.replace("_", "-"))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -20,12 +20,17 @@
 
 from __future__ import annotations
 
+import fnmatch
+import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from qdrop_onnx.graph.lower import OnnxGraphModule
-from qdrop_onnx.quant.config import ConfigError, QuantConfig
+from qdrop_onnx.quant.config import ConfigError, LayerRule, QuantConfig
+
+log = logging.getLogger("qdrop_onnx")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class WeightSpec:
     channel_axis: int
     input: str
     quantize_bias: bool
+    rule: str | None = None  # the per-layer rule(s) that set this layer (LayerRule.source), if any
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,40 @@ def nonnegative_tensors(graph: OnnxGraphModule) -> set[str]:
     return nonneg
 
 
+def resolve_layer_rules(nodes: list[str], rules: list[LayerRule]) -> dict[str, dict[str, Any]]:
+    """Node name -> the settings the per-layer ``rules`` give it (and ``source``: the rules that did), in
+    order: where two rules set one setting of a node differently, the later wins, named in one warning per
+    pair of rules. A rule that matches no weighted node is an error."""
+    resolved: dict[str, dict[str, Any]] = {}
+    setter: dict[tuple[str, str], LayerRule] = {}
+    clashes: dict[tuple[str, str], list[str]] = {}
+    for rule in rules:
+        matched = [n for n in nodes if n == rule.pattern or fnmatch.fnmatchcase(n, rule.pattern)]
+        if not matched:
+            raise ConfigError(f"{rule.source or rule.pattern}: no weighted node matches {rule.pattern!r} "
+                              "(see `qdrop-onnx inspect`)")
+        for node in matched:
+            settings = resolved.setdefault(node, {})
+            for key in ("w_bits", "a_bits", "symmetric", "exclude"):
+                value = getattr(rule, key)
+                if value is None:
+                    continue
+                earlier = setter.get((node, key))
+                if earlier is not None and settings[key] != value:
+                    clashes.setdefault((earlier.source or earlier.pattern, rule.source or rule.pattern),
+                                       []).append(node)
+                settings[key] = value
+                setter[(node, key)] = rule
+            sources = settings.get("source")
+            label = rule.source or rule.pattern
+            settings["source"] = label if not sources else f"{sources}; {label}"
+    for (first, later), where in clashes.items():
+        shown = ", ".join(sorted(set(where))[:3]) + (", ..." if len(set(where)) > 3 else "")
+        log.warning("%s and %s disagree on %d node(s) (%s): the later one, %s, wins", first, later,
+                    len(set(where)), shown, later)
+    return resolved
+
+
 def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
     """Decide every weight and activation quantizer for ``graph`` under ``config``."""
     weighted = [ln for ln in graph.nodes if ln.weighted]
@@ -91,27 +131,32 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
     unknown = [n for n in config.exclude if n not in names]
     if unknown:
         raise ConfigError(f"--exclude: no weighted node named {unknown[0]!r} (see `qdrop-onnx inspect`)")
-    plan = QuantPlan(first=weighted[0].name, last=weighted[-1].name, excluded=list(config.exclude))
+    overrides = resolve_layer_rules([ln.name for ln in weighted], config.layers)
+    excluded = list(config.exclude) + [ln.name for ln in weighted if ln.name not in config.exclude
+                                       and overrides.get(ln.name, {}).get("exclude")]
+    plan = QuantPlan(first=weighted[0].name, last=weighted[-1].name, excluded=excluded)
     nonneg = nonnegative_tensors(graph)
 
     act_bits: dict[str, int] = {}
     reasons: dict[str, str] = {}
     for ln in weighted:
-        if ln.name in config.exclude:
+        if ln.name in excluded:
             continue
         edge = ln.name in (plan.first, plan.last) and not config.quantize_first_last
-        bits = config.first_last_bits if edge else config.w_bits
+        rule = overrides.get(ln.name, {})
+        bits = rule.get("w_bits", config.first_last_bits if edge else config.w_bits)
         data_input = ln.inputs[0]
-        a_bits = config.first_last_bits if edge else config.a_bits
+        a_bits = rule.get("a_bits", config.first_last_bits if edge else config.a_bits)
         act_bits[data_input] = max(act_bits.get(data_input, 0), a_bits)
         reasons.setdefault(data_input, f"input of {ln.name}")
         module = ln.module
         has_bias = getattr(module, "bias", None) is not None and module.bias.ndim == 1
+        # 8-bit layers that may fuse into integer kernels need symmetric weights (equal zero points).
+        symmetric = rule.get("symmetric", (not config.weight_asymmetric) or bits == 8)
         plan.weights[ln.name] = WeightSpec(
-            node=ln.name, op_type=ln.node.op_type, bits=bits,
-            # 8-bit layers that may fuse into integer kernels need symmetric weights (equal zero points).
-            symmetric=(not config.weight_asymmetric) or bits == 8, channel_axis=module.channel_axis,
-            input=data_input, quantize_bias=has_bias and ln.node.op_type in ("Conv", "Gemm"))
+            node=ln.name, op_type=ln.node.op_type, bits=bits, symmetric=symmetric, channel_axis=module.channel_axis,
+            input=data_input, quantize_bias=has_bias and ln.node.op_type in ("Conv", "Gemm"),
+            rule=rule.get("source"))
 
     consumers: dict[str, list[str]] = {}
     for ln in graph.nodes:

@@ -9,7 +9,8 @@ JSON fields (all present; ``null`` where not measured):
   config                            every setting of the run (QuantConfig) plus device
   seconds, timings                  wall time in total and per phase (load, calibrate, reconstruct, ...)
   calibration_samples               samples used
-  layers                            per weighted layer: node, op_type, bits, symmetric, weight_sqnr_db
+  layers                            per weighted layer: node, op_type, bits, symmetric, weight_sqnr_db, and
+                                    rule (the --layer-bits / config layers rule that set it, if any)
   activations                       per quantized tensor: tensor, bits, reason
   blocks                            per reconstructed block: index, name, kind, loss_before (RTN),
                                     loss_after, seconds, undecided (fraction of soft roundings),
@@ -156,8 +157,9 @@ def render_markdown(data: dict[str, Any]) -> str:
                 _table(["#", "kind", "block", "loss before", "loss after", "seconds"], rows)]
     if data["layers"]:
         rows = [[f"`{la['node']}`", la["op_type"], la["bits"], "sym" if la["symmetric"] else "asym",
-                 _fmt(la["weight_sqnr_db"], ".1f")] for la in data["layers"]]
-        out += ["\n## Weighted layers\n", _table(["layer", "op", "bits", "grid", "weight SQNR dB"], rows)]
+                 _fmt(la["weight_sqnr_db"], ".1f"), la.get("rule", "")] for la in data["layers"]]
+        out += ["\n## Weighted layers\n", _table(["layer", "op", "bits", "grid", "weight SQNR dB", "set by"],
+                                                  rows)]
     counts: dict[int, int] = {}
     for act in data["activations"]:
         counts[act["bits"]] = counts.get(act["bits"], 0) + 1
