@@ -54,9 +54,10 @@ def sequence_layout(graph: OnnxGraphModule, names: Sequence[str], samples: Seque
     probe = graph.subgraph([ln.name for ln in graph.nodes], graph.input_names, list(names))
 
     device = next(graph.parameters()).device
+    shortest = int(positions.sum(1).argmin())  # narrowing it by one drops padding only, never a real token
 
     def narrowed(x: Tensor, w: int) -> Tensor:
-        x = x[:1]
+        x = x[shortest:shortest + 1]
         for axis in range(1, x.ndim):
             if x.shape[axis] == width:
                 x = x.narrow(axis, 0, w)
