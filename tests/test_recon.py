@@ -83,7 +83,7 @@ def test_drop_prob_one_makes_the_activation_path_exactly_float() -> None:
     x_q = x_in + 0.1 * torch.randn_like(x_in)  # a different "quantized-model" input
     for q in (sim.acts[t] for t in produced):
         q.drop_prob = 1.0
-    dropped = _block_forward(sim, block, True)([x_in], [x_q], drop_prob=1.0)
+    dropped = _block_forward(sim, block, True, block.outputs)([x_in], [x_q], drop_prob=1.0)
     for q in sim.acts.values():
         q.drop_prob, q.enabled = 0.0, False
     plain = sim.graph.subgraph(block.nodes, block.inputs, block.outputs)(x_in)

@@ -35,15 +35,17 @@ StepCallback = Callable[[int, int, float], None]
 DoneCallback = Callable[[BlockRecord], None]
 
 
-def _block_forward(sim: QuantSim, block: Block, quantize_activations: bool) -> Callable[..., list[Tensor]]:
-    """The forward of ``block`` as reconstruction sees it: ``forward(batch_fp, batch_q, drop_prob)``.
+def _block_forward(sim: QuantSim, block: Block, quantize_activations: bool,
+                   outputs: Sequence[str]) -> Callable[..., list[Tensor]]:
+    """The forward of ``block`` as reconstruction sees it: ``forward(batch_fp, batch_q, drop_prob)``, returning
+    ``outputs`` (the block outputs the loss compares).
 
     Input mixing (X_fp vs quantized X_q) with ``drop_prob``, quantized internals, quantized outputs; the
     dropping inside the block follows each learned quantizer's own ``drop_prob``.
     """
-    train = sim.graph.subgraph(block.nodes, block.inputs, block.outputs, transform_inputs=False)
+    train = sim.graph.subgraph(block.nodes, block.inputs, list(outputs), transform_inputs=False)
     in_quant = [sim.acts.get(t) for t in block.inputs]
-    out_quant = [sim.acts.get(t) for t in block.outputs]
+    out_quant = [sim.acts.get(t) for t in outputs]
 
     def forward(batch_fp: Sequence[Tensor], batch_q: Sequence[Tensor], drop_prob: float = 0.0) -> list[Tensor]:
         inputs = []
@@ -110,6 +112,11 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
 
     sim.set_quantization(weights=False, activations=False)
     y_fp = run_batched(plain, x_fp, EVAL_BATCH, device)
+    # Side outputs (an attention mask a later block reads) are the same in both models and carry no error to
+    # learn from; a float one holding -inf (masked scores) would make the loss -inf - -inf = NaN.
+    side = graph.side_tensors()
+    targets = [t for t in block.outputs if t not in side]
+    y_target = [y for t, y in zip(block.outputs, y_fp, strict=True) if t not in side]
 
     rounding = [sim.use_adaround(name) for name in block.weighted if name in sim.weights]
     produced = [t for name in block.nodes for t in graph.node(name).node.outputs if t in sim.acts]
@@ -117,12 +124,12 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
     for q in learned_acts:
         q.scale.requires_grad_(True)
     sim.set_quantization(weights=True, activations=qa)
-    eval_forward = _block_forward(sim, block, qa)  # drop_prob 0: what the finished model computes
+    eval_forward = _block_forward(sim, block, qa, targets)  # drop_prob 0: what the finished model computes
     forward = functools.partial(eval_forward, drop_prob=config.drop_prob if qa else 0.0)
 
     for q in rounding:
         q.hard = True
-    loss_before = _eval_loss(eval_forward, x_fp, x_q, y_fp, device, positions)
+    loss_before = _eval_loss(eval_forward, x_fp, x_q, y_target, device, positions)
     for q in rounding:
         q.hard = False
     start_state = [q.alpha.detach().clone() for q in rounding] + [q.scale.detach().clone() for q in learned_acts]
@@ -131,8 +138,8 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
         q.drop_prob = config.drop_prob
     try:
         step_progress = (lambda step, loss: progress(block.index, step, loss)) if progress else None
-        trace, seconds = reconstruct_block(forward, x_fp, x_q, y_fp, rounding, learned_acts, config, step_progress,
-                                           positions, layout, (block.inputs, block.outputs))
+        trace, seconds = reconstruct_block(forward, x_fp, x_q, y_target, rounding, learned_acts, config,
+                                           step_progress, positions, layout, (block.inputs, targets))
     finally:
         for q in learned_acts:
             q.drop_prob = 0.0
@@ -141,7 +148,7 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
                                                                                   for q in rounding), 1)
     for q in rounding:
         q.harden()
-    loss_after = _eval_loss(eval_forward, x_fp, x_q, y_fp, device, positions)
+    loss_after = _eval_loss(eval_forward, x_fp, x_q, y_target, device, positions)
     learned = [q.alpha for q in rounding] + [q.scale for q in learned_acts]
     finite = math.isfinite(loss_after) and all(bool(torch.isfinite(p).all()) for p in learned)
     if not finite:
@@ -156,7 +163,7 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
             for param, value in zip([q.alpha for q in rounding] + [q.scale for q in learned_acts], start_state,
                                     strict=True):
                 param.copy_(value)
-        loss_after = _eval_loss(eval_forward, x_fp, x_q, y_fp, device, positions)
+        loss_after = _eval_loss(eval_forward, x_fp, x_q, y_target, device, positions)
 
     y_q = run_batched(plain, x_q, EVAL_BATCH, device)
     for name, fp, q in zip(block.outputs, y_fp, y_q, strict=True):
