@@ -116,14 +116,26 @@ def _cap_address_space(limit_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
 
 
-def run_process(command: list[str], job_file: Path, log: Path,
-                limit_bytes: int | None = None) -> tuple[int, float, float]:
-    """(exit code, wall seconds, peak RSS in MB of that process alone). ``limit_bytes`` caps the process's
-    address space, so a job that wants more memory fails (a row saying so) instead of the machine swapping."""
+@dataclass
+class ProcessUsage:
+    """What one child process cost: exit code, wall seconds, peak RSS (MB), user and system CPU seconds."""
+
+    code: int
+    wall: float
+    rss_mb: float
+    user: float
+    system: float
+
+
+def run_measured(command: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None,
+                 limit_bytes: int | None = None) -> ProcessUsage:
+    """Run ``command`` (output to ``log``) and measure that process alone (``wait4``'s resource usage).
+    ``limit_bytes`` caps its address space, so a job that wants more memory fails (a row saying so)
+    instead of the machine swapping."""
     start = time.perf_counter()
     with log.open("w") as out:
-        process = subprocess.Popen(command + [str(job_file)], stdout=out, stderr=subprocess.STDOUT,
-                                   cwd=job_file.parent, env={**os.environ, "PYTHONPATH": str(ROOT.parent)},
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                   env=env if env is not None else {**os.environ, "PYTHONPATH": str(ROOT.parent)},
                                    preexec_fn=(lambda: _cap_address_space(limit_bytes)) if limit_bytes else None)
         try:
             _, status, usage = os.wait4(process.pid, 0)
@@ -132,7 +144,15 @@ def run_process(command: list[str], job_file: Path, log: Path,
             process.wait()
             raise
     process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024.0
+    return ProcessUsage(process.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024.0,
+                        usage.ru_utime, usage.ru_stime)
+
+
+def run_process(command: list[str], job_file: Path, log: Path,
+                limit_bytes: int | None = None) -> tuple[int, float, float]:
+    """(exit code, wall seconds, peak RSS in MB) of ``command job_file``, run in the job file's folder."""
+    usage = run_measured(command + [str(job_file)], log, job_file.parent, limit_bytes=limit_bytes)
+    return usage.code, usage.wall, usage.rss_mb
 
 
 def last_line(log: Path) -> str:

@@ -27,6 +27,7 @@ from qdrop_onnx.quant.config import ConfigError, QuantConfig
 from qdrop_onnx.quant.placement import QuantPlan, plan_quantization
 from qdrop_onnx.quant.sim import QuantSim
 from qdrop_onnx.recon import BlockRecord, reconstruct
+from qdrop_onnx.recon.allocator import reusing_freed_memory
 from qdrop_onnx.recon.cache import default_cache_bytes
 from qdrop_onnx.recon.checkpoint import (
     Checkpoint,
@@ -261,13 +262,14 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     plan = plan_quantization(graph, config)
     sim = QuantSim(graph, plan, config)
     graph.to(dev)
-    with _stage(timings, "calibrate"):
-        samples = calibration_samples(dataset, graph, specs, config)
-        calibrate(sim, samples, config, dev)
     records: list[BlockRecord] = []
-    if config.method != "rtn":
-        with _stage(timings, "reconstruct"):
-            records = reconstruct_blocks(sim, loaded, samples, config, dev, progress, on_block, checkpoint)
+    with reusing_freed_memory():  # the same large tensors, freed and allocated again (recon.allocator)
+        with _stage(timings, "calibrate"):
+            samples = calibration_samples(dataset, graph, specs, config)
+            calibrate(sim, samples, config, dev)
+        if config.method != "rtn":
+            with _stage(timings, "reconstruct"):
+                records = reconstruct_blocks(sim, loaded, samples, config, dev, progress, on_block, checkpoint)
     graph.cpu()
     with _stage(timings, "export"):
         params = sim.export_params()
@@ -359,7 +361,8 @@ def build_report(result: QuantResult, model: str | Path, verification: Verificat
               for name, spec in plan.weights.items()]
     activations = [{"tensor": t, "bits": spec.bits, "reason": spec.reason} for t, spec in plan.activations.items()]
     blocks = [{"index": b.index, "name": b.name, "kind": b.kind, "loss_before": b.loss_before,
-               "loss_after": b.loss_after, "seconds": b.seconds, "undecided": b.undecided,
+               "loss_after": b.loss_after, "seconds": b.seconds, "train_seconds": b.train_seconds,
+               "iters": b.iters, "undecided": b.undecided,
                "kept_rtn": b.kept_rtn} for b in result.blocks]
     out = result.output
     coverage = None

@@ -65,6 +65,7 @@ class BlockRecord:
     undecided: float = 0.0
     losses: list[float] = field(default_factory=list)
     kept_rtn: bool = False  # the learned state did worse than round-to-nearest: reverted to it
+    train_seconds: float = 0.0  # the optimisation steps alone (``seconds`` adds caching and the loss checks)
 
 
 def beta_at(step: int, config: ReconConfig) -> float:

@@ -21,6 +21,7 @@ from torch import Tensor
 from qdrop_onnx.graph.partition import Block
 from qdrop_onnx.quant.activation import drop_mask
 from qdrop_onnx.quant.sim import QuantSim
+from qdrop_onnx.recon.allocator import release_free_memory
 from qdrop_onnx.recon.block import BlockRecord, ReconConfig, reconstruct_block, reconstruction_loss
 from qdrop_onnx.recon.cache import TensorCache, run_batched
 from qdrop_onnx.recon.sequence import SequenceLayout, sequence_layout
@@ -169,7 +170,7 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
     for name, fp, q in zip(block.outputs, y_fp, y_q, strict=True):
         cache.put(name, fp, q)
     return BlockRecord(block.index, block.name, block.kind, loss_before, loss_after, seconds, config.iters,
-                       undecided, trace, kept_rtn)
+                       undecided, trace, kept_rtn, train_seconds=seconds)
 
 
 def reconstruct(sim: QuantSim, blocks: list[Block], calibration: Sequence[Tensor], config: ReconConfig,
@@ -221,6 +222,7 @@ def reconstruct(sim: QuantSim, blocks: list[Block], calibration: Sequence[Tensor
             if done is not None:
                 done(record)
             cache.keep_only({t for later in blocks[k + 1:] for t in later.inputs})
+            release_free_memory()  # the block's step tensors (see recon.allocator)
     finally:
         sim.set_quantization(weights=True, activations=True)
     return records
