@@ -88,7 +88,7 @@ class QuantConfig:
     calib_act_samples: int = 256
     batch_size: int = 32
     seed: int = 0
-    iters: int = 2000
+    iters: int | str = 2000  # or "auto": each block's own budget, at most AUTO_MAX_ITERS (recon.block.WarmupPlateau)
     drop_prob: float = 0.5
     reg_weight: float | None = None  # None: 0.01, or 0.1 for models with depthwise convs
     round_lr: float | None = None  # None: 20 / iters within [0.001, 0.1] (recon.block.default_round_lr)
@@ -111,8 +111,12 @@ class QuantConfig:
         if self.round_lr is not None and not self.round_lr > 0:
             raise ConfigError("--round-lr must be positive")
         for name in ("samples", "calib_act_samples", "batch_size", "iters"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{flag_name(name)} must be a positive integer")
+            value = getattr(self, name)
+            if name == "iters" and value == "auto":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{flag_name(name)} must be a positive integer"
+                                  + (" or auto" if name == "iters" else "") + f", got {value!r}")
         if self.max_cache_gb is not None and self.max_cache_gb <= 0:
             raise ConfigError("--max-cache-gb must be positive")
         if self.lp_norm <= 0:

@@ -49,6 +49,11 @@ class ReconConfig:
     beta_start: float = 20.0
     beta_end: float = 2.0
     seed: int = 0
+    # --iters auto: ``iters`` is the most a block may take; each block's budget is set by its warm-up, which
+    # ends when the loss stops improving (see :func:`reconstruct_block`).
+    auto: bool = False
+    plateau_window: int = 50  # steps per window of the plateau test
+    plateau_tolerance: float = 1e-3  # a window must beat the best one so far by this fraction (0.1 %)
 
 
 @dataclass
@@ -69,11 +74,49 @@ class BlockRecord:
 
 
 def beta_at(step: int, config: ReconConfig) -> float:
-    start = config.warmup * config.iters
+    return annealed_beta(step, config.warmup * config.iters, config.iters, config)
+
+
+def annealed_beta(step: int, start: float, budget: int, config: ReconConfig) -> float:
+    """The regulariser's beta: ``beta_start`` until ``start``, then linear to ``beta_end`` at ``budget``."""
     if step < start:
         return config.beta_start
-    rel = (step - start) / max(config.iters - start, 1)
+    rel = (step - start) / max(budget - start, 1)
     return config.beta_end + (config.beta_start - config.beta_end) * max(0.0, 1.0 - rel)
+
+
+class WarmupPlateau:
+    """--iters auto: where the warm-up (rounding learned without the regulariser) stops paying.
+
+    The mean loss of each window of ``plateau_window`` steps is compared with the best window so far; the
+    first window that does not beat it by ``plateau_tolerance`` ends the warm-up, and so at the latest does
+    the fixed budget's warm-up (``warmup`` x ``iters``). The block's budget is then the warm-up's length
+    over ``warmup`` (the fixed schedule's shape, 20 % warm-up then beta annealed to the end), at most ``iters``:
+    a block whose loss settles in 150 steps gets 750, one still improving at 400 the whole 2,000. The
+    rounding decisions are made by the annealing, so it is scaled rather than cut short.
+    """
+
+    def __init__(self, config: ReconConfig) -> None:
+        self.config = config
+        self.limit = int(math.ceil(config.warmup * config.iters))
+        self.best = math.inf
+        self.window: list[Tensor] = []
+
+    def ended(self, step: int, loss: Tensor) -> bool:
+        """Record ``step``'s loss; True when the warm-up ends after it."""
+        if step + 1 >= self.limit:
+            return True
+        self.window.append(loss.detach())
+        if len(self.window) < self.config.plateau_window:
+            return False
+        mean = float(torch.stack(self.window).mean())  # one read per window, not a device sync per step
+        self.window.clear()
+        improved = mean < self.best * (1.0 - self.config.plateau_tolerance)
+        self.best = min(self.best, mean)
+        return not improved and math.isfinite(mean)
+
+    def budget(self, warm: int) -> int:
+        return min(self.config.iters, max(warm + 1, int(math.ceil(warm / self.config.warmup))))
 
 
 def reconstruction_loss(outputs: Sequence[Tensor], targets: Sequence[Tensor],
@@ -106,15 +149,16 @@ def reconstruct_block(forward: BlockForward, x_fp: Sequence[Tensor], x_q: Sequen
                       acts: Sequence[ActivationQuantizer], config: ReconConfig,
                       progress: Callable[[int, float], None] | None = None,
                       positions: Tensor | None = None, layout: SequenceLayout | None = None,
-                      names: tuple[Sequence[str], Sequence[str]] = ((), ())) -> tuple[list[float], float]:
+                      names: tuple[Sequence[str], Sequence[str]] = ((), ())) -> tuple[list[float], float, int]:
     """Optimise ``rounding`` (and ``acts`` step sizes) so that ``forward(x_fp, x_q)`` matches ``y_fp``.
 
     ``forward`` receives a batch of the float and quantized-model inputs and returns the block outputs as
     the quantized model computes them (dropping happens inside). ``positions``: which sequence positions
     are real tokens, per sample (see :func:`reconstruction_loss`). With ``layout`` (text; ``names``: the
     block's input and output tensor names), batches come from buckets of similar length and are cut to
-    their longest real sequence (see :mod:`qdrop_onnx.recon.sequence`). Returns the loss trace (every 50
-    steps) and the seconds spent.
+    their longest real sequence (see :mod:`qdrop_onnx.recon.sequence`). With ``config.auto`` the budget is
+    the block's own (:class:`WarmupPlateau`). Returns the loss trace (every 50 steps), the seconds spent
+    and the steps taken.
     """
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(config.seed)
@@ -124,12 +168,21 @@ def reconstruct_block(forward: BlockForward, x_fp: Sequence[Tensor], x_q: Sequen
     w_lr = config.weight_lr if config.weight_lr is not None else default_round_lr(config.iters)
     w_opt = torch.optim.Adam(w_params, lr=w_lr) if w_params else None
     a_opt = torch.optim.Adam(a_params, lr=config.act_lr) if a_params else None
-    a_sched = torch.optim.lr_scheduler.CosineAnnealingLR(a_opt, T_max=config.iters, eta_min=0) if a_opt else None
-    warm = int(math.ceil(config.warmup * config.iters))
+    # The fixed budget keeps torch's scheduler (its recursive cosine: files stay byte-identical to earlier
+    # versions); auto sets the same cosine in closed form over a budget known only after the warm-up.
+    a_sched = torch.optim.lr_scheduler.CosineAnnealingLR(a_opt, T_max=config.iters, eta_min=0) \
+        if a_opt and not config.auto else None
+    plateau = WarmupPlateau(config) if config.auto else None
+    warm = int(math.ceil(config.warmup * config.iters)) if plateau is None else config.iters
+    budget = config.iters
+    steps = 0
     trace: list[float] = []
     sampler = BatchSampler(count, config.batch_size, generator, None if layout is None else layout.lengths)
     tokens_per_batch = 1.0 if layout is None else float(layout.lengths.float().mean()) * config.batch_size
     for step in range(config.iters):
+        if step >= budget:
+            break
+        steps = step + 1
         drawn = sampler.draw()
         idx = drawn.to(x_fp[0].device)
         batch_positions = None if positions is None else positions[idx]
@@ -153,7 +206,7 @@ def reconstruct_block(forward: BlockForward, x_fp: Sequence[Tensor], x_q: Sequen
             # token's expected weight what it is without buckets (a long sentence counts by its length).
             loss = rec * (batch_positions.sum() / tokens_per_batch)
         if step >= warm and rounding:
-            beta = beta_at(step, config)
+            beta = beta_at(step, config) if plateau is None else annealed_beta(step, warm, budget, config)
             loss = loss + config.reg_weight * sum(q.regularizer(beta) for q in rounding)
         if w_opt:
             w_opt.zero_grad(set_to_none=True)
@@ -164,11 +217,20 @@ def reconstruct_block(forward: BlockForward, x_fp: Sequence[Tensor], x_q: Sequen
             w_opt.step()
         if a_opt:
             a_opt.step()
-            a_sched.step()
-        if step % 50 == 0 or step == config.iters - 1:
+            if a_sched is not None:
+                a_sched.step()
+            else:
+                for group in a_opt.param_groups:
+                    group["lr"] = config.act_lr * 0.5 * (1 + math.cos(math.pi * (step + 1) / budget))
+        if plateau is not None and step < warm and plateau.ended(step, rec):
+            warm, budget = step + 1, plateau.budget(step + 1)
+            if w_opt and config.weight_lr is None:
+                for group in w_opt.param_groups:
+                    group["lr"] = default_round_lr(budget)
+        if step % 50 == 0 or step == budget - 1:
             trace.append(float(rec.detach()))
             if progress is not None:
                 progress(step + 1, trace[-1])
             if not math.isfinite(trace[-1]):
                 break  # diverged: the caller restores round-to-nearest; more steps cannot bring it back
-    return trace, time.perf_counter() - start
+    return trace, time.perf_counter() - start, steps

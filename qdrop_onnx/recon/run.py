@@ -139,7 +139,7 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
         q.drop_prob = config.drop_prob
     try:
         step_progress = (lambda step, loss: progress(block.index, step, loss)) if progress else None
-        trace, seconds = reconstruct_block(forward, x_fp, x_q, y_target, rounding, learned_acts, config,
+        trace, seconds, steps = reconstruct_block(forward, x_fp, x_q, y_target, rounding, learned_acts, config,
                                            step_progress, positions, layout, (block.inputs, targets))
     finally:
         for q in learned_acts:
@@ -169,7 +169,7 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
     y_q = run_batched(plain, x_q, EVAL_BATCH, device)
     for name, fp, q in zip(block.outputs, y_fp, y_q, strict=True):
         cache.put(name, fp, q)
-    return BlockRecord(block.index, block.name, block.kind, loss_before, loss_after, seconds, config.iters,
+    return BlockRecord(block.index, block.name, block.kind, loss_before, loss_after, seconds, steps,
                        undecided, trace, kept_rtn, train_seconds=seconds)
 
 
