@@ -1,8 +1,9 @@
 """``make bench`` (the speed table): reconstruction steps per second, time and memory to quantize, user against
 system CPU time, and this tree against an earlier commit on the same machine in the same invocation.
 
-python -m bench.speed [--sections steps,full,ab] [--models M,...] [--step-iters N] [--full-iters N]
-                      [--ab-model M] [--ab-iters N] [--ab-bits W4A4] [--ab-samples N] [--baseline REV]
+python -m bench.speed [--sections steps,full,ab,auto] [--models M,...] [--step-iters N] [--full-iters N]
+                      [--auto-models M,...] [--auto-bits W4A4,W2A4] [--ab-model M] [--ab-iters N]
+                      [--ab-bits W4A4] [--ab-samples N] [--baseline REV]
                       [--results DIR]
 
 Sections (each measured whole in one invocation, one process at a time, so its ratios are honest on a
@@ -13,6 +14,9 @@ shared machine):
   extrapolates the whole run to 2,000 steps per block: its time outside the loops plus the loops scaled.
 - ``full``: the CLI's defaults (qdrop W4A4, 2,000 steps, 1,024 samples or all there are) on each model of
   ``--full-models``, with the wall time, peak RSS, user and system CPU seconds and top-1 on 1,000 test images.
+- ``auto``: ``--iters auto`` against 2,000 fixed steps per block on each model of ``--auto-models`` at each
+  width of ``--auto-bits`` (qdrop, the CLI's defaults otherwise): top-1 on 1,000 test images, the steps
+  auto took (summed over blocks, and as a fraction of 2,000 per block) and the time.
 - ``ab``: ``--ab-model`` at ``--ab-bits`` with ``--ab-iters`` steps, by the code of ``--baseline`` (a git
   revision, checked out in a temporary worktree) and by this tree: wall time, the speed-up, user and system
   seconds, peak RSS, top-1 on the model's test folder, and whether the two files are byte-identical.
@@ -39,7 +43,7 @@ from bench.common import ASSETS, MODELS, RESULTS, ROOT
 from bench.run import ProcessUsage, last_line, machine, parse_bits, run_measured
 from qdrop_onnx.fileio import write_atomic
 
-SECTIONS = ("steps", "full", "ab")
+SECTIONS = ("steps", "full", "ab", "auto")
 STEP_SAMPLES = 256
 EVAL_LIMIT = 1000
 CLI = "import sys; from cli.main import main; sys.argv[0] = 'qdrop-onnx'; main()"
@@ -131,6 +135,32 @@ def measure_full(models: list[str], iters: int, work: Path) -> list[dict[str, ob
     return rows
 
 
+def measure_auto(models: list[str], bits: list[tuple[int, int]], work: Path) -> list[dict[str, object]]:
+    rows = []
+    for model in models:
+        for w, a in bits:
+            pair = []
+            for iters in (2000, "auto"):
+                folder = Path(tempfile.mkdtemp(dir=work))
+                command = quantize_command(model, folder / "q.onnx", folder / "report", w, a, None, None, "auto")
+                command += ["--iters", str(iters)]
+                row = {"model": model, "w": w, "a": a, "iters": iters, **run_quantize(command, ROOT.parent, folder)}
+                if row["status"] == "ok":
+                    blocks = row["report"]["blocks"]  # type: ignore[index]
+                    row["steps_taken"] = sum(b["iters"] for b in blocks)
+                    row["steps_fraction"] = round(row["steps_taken"] / (2000 * len(blocks)), 3)
+                row.pop("report", None)
+                row.pop("summary", None)
+                pair.append(row)
+                print(f"  auto {model} W{w}A{a} iters={iters}: {describe(row)}", flush=True)
+                shutil.rmtree(folder, ignore_errors=True)
+            if all(r["status"] == "ok" for r in pair):
+                pair[1]["top1_vs_fixed"] = round(float(pair[1]["top1"]) - float(pair[0]["top1"]), 2)
+                pair[1]["time_vs_fixed"] = round(float(pair[1]["wall_s"]) / float(pair[0]["wall_s"]), 2)
+            rows += pair
+    return rows
+
+
 def measure_ab(model: str, w: int, a: int, iters: int, samples: int | None, baseline: str,
                work: Path) -> list[dict[str, object]]:
     """The same run by ``baseline``'s code (a temporary git worktree) and by this tree, one after the other."""
@@ -191,6 +221,16 @@ def table(results: dict[str, object]) -> str:
             lines.append(f"| {r['model']} | {r['iters']} | {r['wall_s']} | {r['peak_rss_mb']} | {r['user_s']} | "
                          f"{r['system_s']} | {r['system_pct_of_user']} % | {r.get('top1')} ({r.get('fp_top1')}) |")
         lines.append("")
+    if "auto" in sections:
+        lines += ["## --iters auto against 2,000 steps per block (qdrop)", "",
+                  "| model | bits | iters | top-1 | vs 2,000 | steps taken | of 2,000/block | wall s | time vs 2,000 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in sections["auto"]["rows"]:
+            lines.append(f"| {r['model']} | W{r['w']}A{r['a']} | {r['iters']} | {r.get('top1')} | "
+                         f"{r.get('top1_vs_fixed', '')} | {r.get('steps_taken', '-')} | "
+                         f"{r.get('steps_fraction', '-')} | "
+                         f"{r['wall_s']} | {r.get('time_vs_fixed', '')} |")
+        lines.append("")
     if "ab" in sections:
         rows = sections["ab"]["rows"]
         first = rows[0]
@@ -215,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-iters", type=int, default=50)
     parser.add_argument("--full-models", default=",".join(MODELS))
     parser.add_argument("--full-iters", type=int, default=2000)
+    parser.add_argument("--auto-models", default="resnet20_cifar10,resnet56_cifar10")
+    parser.add_argument("--auto-bits", default="W4A4,W2A4")
     parser.add_argument("--ab-model", default="efficientnet_lite0_imagenet")
     parser.add_argument("--ab-bits", default="W4A4")
     parser.add_argument("--ab-iters", type=int, default=200)
@@ -228,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     sections = [s.strip() for s in args.sections.split(",")]
     models = args.models.split(",")
     full_models = args.full_models.split(",")
-    bad = [s for s in sections if s not in SECTIONS] + [m for m in (*models, *full_models, args.ab_model)
+    auto_models = args.auto_models.split(",")
+    bad = [s for s in sections if s not in SECTIONS] + [m for m in (*models, *full_models, *auto_models,
+                                                                      args.ab_model)
                                                       if m not in MODELS]
     if bad:
         print(f"bench.speed: unknown section or model {bad[0]!r}", file=sys.stderr)
@@ -245,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = measure_steps(models, args.step_iters, work)
         elif section == "full":
             rows = measure_full(full_models, args.full_iters, work)
+        elif section == "auto":
+            rows = measure_auto(auto_models, parse_bits(args.auto_bits), work)
         else:
             rows = measure_ab(args.ab_model, w, a, args.ab_iters, args.ab_samples, args.baseline, work)
         results["sections"][section] = {"rows": rows, "measured": time.strftime("%Y-%m-%d %H:%M:%S"),

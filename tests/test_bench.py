@@ -189,3 +189,35 @@ def test_percentile_in_chunks_matches_one_pass(tmp_path: Path) -> None:
     ratios = np.array([scales[1][k] / scales[0][k] for k in scales[0]])
     assert np.all(np.abs(ratios - 1) < 0.01), ratios  # measured: within 0.04 %
     assert np.any(ratios != 1)  # the chunked path really ran (merged histograms differ in the last digits)
+
+
+def test_run_measured_reports_the_childs_own_user_and_system_time(tmp_path: Path) -> None:
+    from bench.run import run_measured
+
+    # A child that burns ~0.3 s of user time and writes a 64 MiB file (system time): both land in its usage.
+    script = ("import os\nt = os.times().user\nwhile os.times().user - t < 0.3: pass\n"
+              f"open({str(tmp_path / 'f')!r}, 'wb').write(os.urandom(64 << 20))\n")
+    usage = run_measured([sys.executable, "-c", script], tmp_path / "log", tmp_path)
+    assert usage.code == 0
+    assert usage.user >= 0.25 and usage.system > 0.0 and usage.rss_mb > 64
+
+
+def test_speed_table_reads_the_rows_it_writes() -> None:
+    from bench.speed import step_rates, table
+
+    report = {"blocks": [{"iters": 50, "train_seconds": 2.0}, {"iters": 50, "train_seconds": 5.0},
+                         {"iters": 50, "train_seconds": 1.0}]}
+    rates = step_rates(report)
+    assert rates == {"blocks": 3, "steps_per_s_median": 25.0, "steps_per_s_slowest": 10.0, "train_s": 8.0,
+                     "iters": 50}
+    usage = {"status": "ok", "wall_s": 10.0, "peak_rss_mb": 100, "user_s": 9.0, "system_s": 1.0,
+             "system_pct_of_user": 11.1, "top1": 80.0, "fp_top1": 81.0}
+    results = {"meta": {}, "sections": {
+        "steps": {"rows": [{"model": "m", "device": "cpu", "threads": 1, **usage, **rates,
+                            "extrapolated_2000_s": 330}]},
+        "ab": {"rows": [{"model": "m", "code": "baseline abc", "w": 4, "a": 4, "iters": 200, **usage},
+                        {"model": "m", "code": "this tree", "w": 4, "a": 4, "iters": 200, **usage, "speedup": 2.1,
+                         "same_bytes": True}]}}}
+    text = table(results)
+    assert "| m | cpu | 1 | 25.0 | 10.0 | 330 s | 100 | 9.0 | 1.0 |" in text
+    assert "| this tree | 10.0 | 2.1 | 9.0 | 1.0 | 11.1 % | 100 | 80.0 | True |" in text
