@@ -382,7 +382,8 @@ class QuantizeCommand(GroupedOptionsCommand):
                           "first_last_bits", "residual_bits", "embedding_bits", "exclude", "layers", "act_init",
                           "lp_norm", "reduce_range")),
         ("Reconstruction", ("iters", "samples", "calib_act_samples", "batch_size", "drop_prob", "reg_weight",
-                            "round_lr", "cache_fp16", "max_cache_gb", "seed", "device", "checkpoint_dir", "resume")),
+                            "round_lr", "cache_fp16", "max_cache_gb", "cache_dir", "seed", "device", "checkpoint_dir",
+                            "resume")),
         ("Calibration data", ("preset", "mean", "std", "size", "resize", "tokenizer", "max_length")),
         ("Verification", ("eval_data", "classes", "eval_limit", "fail_below")),
         ("Output on the terminal", ("quiet", "json_out", "help")),
@@ -496,8 +497,11 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
 @click.option("--cache-fp16", is_flag=True, default=None,
               help="Keep cached block inputs/outputs in float16 (half the memory).")
 @click.option("--max-cache-gb", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Memory budget for cached block tensors: past it they are kept in float16, then it stops "
-                   "with an error naming the size. [default: half the machine's memory]")
+              help="Memory budget for cached block tensors: past it they go to temporary files (read a batch "
+                   "at a time, removed on exit; same result). [default: half the machine's memory]")
+@click.option("--cache-dir", type=click.Path(exists=True, file_okay=False, writable=True), default=None,
+              help="Folder for the cache files past --max-cache-gb. [default: the system's temporary folder, "
+                   "TMPDIR]")
 @click.option("--format", "format", type=click.Choice(["int8", "native"]), default=None,
               help="int8: b-bit grids in 8-bit containers (integer kernels in ORT); native: INT4/INT2 types. "
                    "[default: int8]")

@@ -186,7 +186,10 @@ def reconstruct_blocks(sim: QuantSim, loaded: LoadedModel, samples: list[torch.T
     batch_major = batch_major_tensors(graph, samples) if len(samples[0]) >= 2 else None
     blocks = partition(graph, max_weighted=1 if config.method == "adaround" else 8, batch_major=batch_major)
     cache_dtype = torch.float16 if config.cache_fp16 else torch.float32
-    fingerprint = run_fingerprint(loaded.model.SerializeToString(), asdict(config), samples)
+    # Where the cache lives does not change the result (spilled tensors are read back exactly), so a run that
+    # stopped for lack of memory can resume with a smaller --max-cache-gb.
+    settings = {k: v for k, v in asdict(config).items() if k not in ("max_cache_gb", "cache_dir")}
+    fingerprint = run_fingerprint(loaded.model.SerializeToString(), settings, samples)
     finished: list[BlockRecord] = []
     after_block = None
     if checkpoint is not None:
@@ -204,7 +207,7 @@ def reconstruct_blocks(sim: QuantSim, loaded: LoadedModel, samples: list[torch.T
     budget = int(config.max_cache_gb * 1e9) if config.max_cache_gb is not None else default_cache_bytes()
     return reconstruct(sim, blocks, samples, recon_config(config, graph), device, cache_dtype, progress, on_block,
                        finished=finished, after_block=after_block, max_cache_bytes=budget,
-                       positions=_position_mask(graph, samples))
+                       positions=_position_mask(graph, samples), spill_dir=config.cache_dir)
 
 
 def _position_mask(graph: OnnxGraphModule, samples: Sequence[torch.Tensor]) -> torch.Tensor | None:

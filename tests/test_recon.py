@@ -123,22 +123,6 @@ def test_regulariser_pushes_rounding_to_zero_or_one() -> None:
     assert min(undecided[0.0].values()) > 0.5
 
 
-def test_cache_budget_switches_to_float16_then_refuses(caplog: pytest.LogCaptureFixture) -> None:
-    from qdrop_onnx.recon.cache import CacheTooLargeError, TensorCache
-
-    x = torch.randn(100, 250)  # 100 kB in float32
-    cache = TensorCache(max_bytes=250_000)
-    cache.put("in", x, x)  # stored once: 100 kB
-    with caplog.at_level("WARNING", logger="qdrop_onnx"):
-        cache.put("a", x + 1, x + 2)  # +200 kB in float32 is over 250 kB; in float16 all of it is 150 kB
-    assert cache.dtype == torch.float16 and cache.nbytes == 150_000
-    assert cache.fp["in"] is cache.q["in"] and cache.fp["a"].dtype == torch.float16
-    assert "keeping them in float16" in caplog.text
-    with pytest.raises(CacheTooLargeError, match=r"^block tensors at b need 0\.00 GB even in float16, over the 0\.00 "
-                                                 r"GB cache budget \(--max-cache-gb\); use fewer --samples"):
-        cache.put("b", torch.randn(1000, 100), torch.randn(1000, 100))
-
-
 def test_rounding_learning_rate_follows_the_budget() -> None:
     assert default_round_lr(20000) == pytest.approx(1e-3)  # the reference code's setting for its budget
     assert default_round_lr(2000) == pytest.approx(1e-2)

@@ -93,7 +93,8 @@ class QuantConfig:
     reg_weight: float | None = None  # None: 0.01, or 0.1 for models with depthwise convs
     round_lr: float | None = None  # None: 20 / iters within [0.001, 0.1] (recon.block.default_round_lr)
     cache_fp16: bool = False
-    max_cache_gb: float | None = None  # None: half of the machine's physical memory
+    max_cache_gb: float | None = None  # None: half of the machine's physical memory; past it, files in cache_dir
+    cache_dir: str | None = None  # None: the system's temporary folder (TMPDIR)
 
     def validate(self) -> QuantConfig:
         for name in ("w_bits", "a_bits", "first_last_bits", "residual_bits", "embedding_bits"):

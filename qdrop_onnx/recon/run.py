@@ -23,8 +23,9 @@ from qdrop_onnx.quant.activation import drop_mask
 from qdrop_onnx.quant.sim import QuantSim
 from qdrop_onnx.recon.allocator import release_free_memory
 from qdrop_onnx.recon.block import BlockRecord, ReconConfig, reconstruct_block, reconstruction_loss
-from qdrop_onnx.recon.cache import TensorCache, run_batched
+from qdrop_onnx.recon.cache import Stored, TensorCache, run_batched
 from qdrop_onnx.recon.sequence import SequenceLayout, sequence_layout
+from qdrop_onnx.recon.spill import DiskTensor
 
 log = logging.getLogger("qdrop_onnx")
 
@@ -82,23 +83,32 @@ def _eval_loss(forward: Callable[..., list[Tensor]], x_fp: Sequence[Tensor], x_q
     return total / count
 
 
-def _block_inputs(cache: TensorCache, block: Block, device: torch.device) -> tuple[list[Tensor], list[Tensor]]:
+def _block_inputs(cache: TensorCache, block: Block, device: torch.device) -> tuple[list[Stored], list[Stored]]:
     # Block tensors go to the compute device once, not once per step; float ones in float32 (the cache may
-    # hold float16), integer/boolean side tensors (token ids, masks) in their own dtype.
-    def load(t: Tensor) -> Tensor:
+    # hold float16), integer/boolean side tensors (token ids, masks) in their own dtype. Spilled ones stay on
+    # disk and are read a batch at a time, in that same form.
+    def load(t: Stored) -> Stored:
+        if isinstance(t, DiskTensor):
+            return t.on(device)
         return _channels_last(t.to(device, torch.float32) if t.is_floating_point() else t.to(device))
 
     return [load(cache.fp[t]) for t in block.inputs], [load(cache.q[t]) for t in block.inputs]
+
+
+def _output_storage(cache: TensorCache, block: Block) -> Callable[[int, tuple[int, ...], Tensor], Stored]:
+    """Where :func:`run_batched` writes ``block``'s outputs: the cache's memory within its budget, else a file."""
+    return lambda k, shape, like: cache.allocate(block.outputs[k], shape, like)
 
 
 def _replay_one(sim: QuantSim, block: Block, cache: TensorCache, config: ReconConfig, device: torch.device) -> None:
     """A finished block's outputs (float and quantized), computed exactly as after its reconstruction."""
     plain = sim.graph.subgraph(block.nodes, block.inputs, block.outputs, transform_inputs=True)
     x_fp, x_q = _block_inputs(cache, block, device)
+    into = _output_storage(cache, block)
     sim.set_quantization(weights=False, activations=False)
-    y_fp = run_batched(plain, x_fp, EVAL_BATCH, device)
+    y_fp = run_batched(plain, x_fp, EVAL_BATCH, device, into)
     sim.set_quantization(weights=True, activations=config.quantize_activations)
-    y_q = run_batched(plain, x_q, EVAL_BATCH, device)
+    y_q = run_batched(plain, x_q, EVAL_BATCH, device, into)
     for name, fp, q in zip(block.outputs, y_fp, y_q, strict=True):
         cache.put(name, fp, q)
 
@@ -111,8 +121,9 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
     plain = graph.subgraph(block.nodes, block.inputs, block.outputs, transform_inputs=True)
     x_fp, x_q = _block_inputs(cache, block, device)
 
+    into = _output_storage(cache, block)
     sim.set_quantization(weights=False, activations=False)
-    y_fp = run_batched(plain, x_fp, EVAL_BATCH, device)
+    y_fp = run_batched(plain, x_fp, EVAL_BATCH, device, into)
     # Side outputs (an attention mask a later block reads) are the same in both models and carry no error to
     # learn from; a float one holding -inf (masked scores) would make the loss -inf - -inf = NaN.
     side = graph.side_tensors()
@@ -166,7 +177,7 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
                 param.copy_(value)
         loss_after = _eval_loss(eval_forward, x_fp, x_q, y_target, device, positions)
 
-    y_q = run_batched(plain, x_q, EVAL_BATCH, device)
+    y_q = run_batched(plain, x_q, EVAL_BATCH, device, into)
     for name, fp, q in zip(block.outputs, y_fp, y_q, strict=True):
         cache.put(name, fp, q)
     return BlockRecord(block.index, block.name, block.kind, loss_before, loss_after, seconds, steps,
@@ -178,20 +189,21 @@ def reconstruct(sim: QuantSim, blocks: list[Block], calibration: Sequence[Tensor
                 progress: StepCallback | None = None, done: DoneCallback | None = None,
                 finished: Sequence[BlockRecord] = (), max_cache_bytes: int | None = None,
                 after_block: Callable[[list[BlockRecord]], None] | None = None,
-                positions: Tensor | None = None) -> list[BlockRecord]:
+                positions: Tensor | None = None, spill_dir: str | None = None) -> list[BlockRecord]:
     """Reconstruct ``blocks`` in order on ``calibration`` (one tensor per graph input, samples first).
 
     Activation ranges and weight scales must already be initialised (``QuantSim.calibrate``). Leaves the
     simulation with every quantizer on and the learned rounding hardened. ``finished``: records of blocks
     already reconstructed in an earlier run whose learned state is loaded into ``sim`` (resume): they are
     only replayed to rebuild the cache. ``after_block(records)`` runs after each block (checkpointing).
-    ``max_cache_bytes`` bounds the cached block tensors (float16 past it, then an error). ``positions``
+    ``max_cache_bytes`` bounds the cached block tensors in memory; past it they go to temporary files in
+    ``spill_dir`` (the system's temporary folder by default). ``positions``
     [samples, T] marks real sequence positions (1) against padding (0): padded positions of [B, T, D] block
     outputs do not count in the loss.
     """
     device = torch.device(device)
     graph = sim.graph
-    cache = TensorCache(cache_dtype, max_bytes=max_cache_bytes)
+    cache = TensorCache(cache_dtype, max_bytes=max_cache_bytes, spill_dir=spill_dir)
     for name, x in zip(graph.input_names, calibration, strict=True):
         cache.put(name, x, x)
     for acts in sim.acts.values():

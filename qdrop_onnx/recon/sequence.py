@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from qdrop_onnx.graph.lower import OnnxGraphModule
+from qdrop_onnx.recon.spill import DiskTensor
 
 # A bucket holds this many batches' worth of samples (by length): enough variety within a bucket that its
 # batches differ, few enough buckets that a batch's longest sentence is close to its typical one.
@@ -30,8 +31,13 @@ class SequenceLayout:
     lengths: Tensor  # [N], int64
     axes: dict[str, tuple[int, ...]]
 
-    def crop(self, name: str, t: Tensor, idx: Tensor, width: int) -> Tensor:
+    def crop(self, name: str, t: Tensor | DiskTensor, idx: Tensor, width: int) -> Tensor:
         """``t[idx]`` cut to ``width`` along ``name``'s sequence axes."""
+        if isinstance(t, DiskTensor):  # rows first, then cut: the same values, laid out as below
+            rows = t[idx]
+            for axis in self.axes.get(name, ()):
+                rows = rows.narrow(axis, 0, width)
+            return rows.contiguous()
         for axis in self.axes.get(name, ()):
             t = t.narrow(axis, 0, width)
         return t[idx]
