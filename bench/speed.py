@@ -1,9 +1,10 @@
 """``make bench`` (the speed table): reconstruction steps per second, time and memory to quantize, user against
 system CPU time, and this tree against an earlier commit on the same machine in the same invocation.
 
-python -m bench.speed [--sections steps,full,ab,auto] [--models M,...] [--step-iters N] [--full-iters N]
-                      [--auto-models M,...] [--auto-bits W4A4,W2A4] [--ab-model M] [--ab-iters N]
-                      [--ab-bits W4A4] [--ab-samples N] [--baseline REV]
+python -m bench.speed [--sections steps,full,ab,auto,memory] [--models M,...] [--step-iters N]
+                      [--full-iters N] [--auto-models M,...] [--auto-bits W4A4,W2A4] [--ab-model M]
+                      [--ab-iters N] [--ab-bits W4A4] [--ab-samples N] [--baseline REV]
+                      [--memory-model M] [--memory-samples N] [--memory-gb G] [--memory-iters N]
                       [--results DIR]
 
 Sections (each measured whole in one invocation, one process at a time, so its ratios are honest on a
@@ -20,6 +21,11 @@ shared machine):
 - ``ab``: ``--ab-model`` at ``--ab-bits`` with ``--ab-iters`` steps, by the code of ``--baseline`` (a git
   revision, checked out in a temporary worktree) and by this tree: wall time, the speed-up, user and system
   seconds, peak RSS, top-1 on the model's test folder, and whether the two files are byte-identical.
+- ``memory``: ``--memory-model`` (qdrop W4A4, ``--memory-iters`` steps) on ``--memory-samples`` calibration
+  images (its calibration folder, then the same images mirrored left-right, then upside down, until there are
+  enough; written as PNG into a scratch folder), once with the whole cache in memory and once with
+  ``--max-cache-gb --memory-gb`` (the rest in temporary files): wall time, peak RSS, the bytes that went to
+  files (from the run's log), top-1, and whether the two files are byte-identical.
 
 Rows land in ``<results>/speed.json`` by section (a section measured again replaces its rows); the table is
 printed and written to ``<results>/speed.md``.
@@ -43,16 +49,16 @@ from bench.common import ASSETS, MODELS, RESULTS, ROOT
 from bench.run import ProcessUsage, last_line, machine, parse_bits, run_measured
 from qdrop_onnx.fileio import write_atomic
 
-SECTIONS = ("steps", "full", "ab", "auto")
+SECTIONS = ("steps", "full", "ab", "auto", "memory")
 STEP_SAMPLES = 256
 EVAL_LIMIT = 1000
 CLI = "import sys; from cli.main import main; sys.argv[0] = 'qdrop-onnx'; main()"
 
 
 def quantize_command(model: str, out: Path, report: Path, w: int, a: int, iters: int | None,
-                     samples: int | None, device: str) -> list[str]:
+                     samples: int | None, device: str, calib: Path | None = None) -> list[str]:
     spec = MODELS[model]
-    command = [sys.executable, "-c", CLI, "quantize", str(spec.path), "--calib", str(ASSETS / spec.calib),
+    command = [sys.executable, "-c", CLI, "quantize", str(spec.path), "--calib", str(calib or ASSETS / spec.calib),
                "--preset", spec.preset, "--w", str(w), "--a", str(a), "--device", device, "-o", str(out),
                "--report", str(report), "--eval", str(ASSETS / spec.test), "--eval-limit", str(EVAL_LIMIT),
                "--json", "--quiet"]
@@ -114,8 +120,7 @@ def measure_steps(models: list[str], iters: int, work: Path) -> list[dict[str, o
                 rates = step_rates(row.pop("report"))  # type: ignore[arg-type]
                 outside = float(row["summary"]["seconds"]) - rates["train_s"]  # type: ignore[index]
                 row.update(rates, extrapolated_2000_s=round(outside + rates["train_s"] * 2000 / iters))
-            row.pop("summary", None)
-            rows.append(row)
+            rows.append(finish_row(row))
             print(f"  steps {model} {device} threads={threads}: {describe(row)}", flush=True)
             shutil.rmtree(folder, ignore_errors=True)
     return rows
@@ -126,9 +131,7 @@ def measure_full(models: list[str], iters: int, work: Path) -> list[dict[str, ob
     for model in models:
         folder = Path(tempfile.mkdtemp(dir=work))
         command = quantize_command(model, folder / "q.onnx", folder / "report", 4, 4, iters, None, "auto")
-        row = {"model": model, "iters": iters, **run_quantize(command, ROOT.parent, folder)}
-        row.pop("report", None)
-        row.pop("summary", None)
+        row = finish_row({"model": model, "iters": iters, **run_quantize(command, ROOT.parent, folder)})
         rows.append(row)
         print(f"  full {model}: {describe(row)}", flush=True)
         shutil.rmtree(folder, ignore_errors=True)
@@ -149,9 +152,7 @@ def measure_auto(models: list[str], bits: list[tuple[int, int]], work: Path) -> 
                     blocks = row["report"]["blocks"]  # type: ignore[index]
                     row["steps_taken"] = sum(b["iters"] for b in blocks)
                     row["steps_fraction"] = round(row["steps_taken"] / (2000 * len(blocks)), 3)
-                row.pop("report", None)
-                row.pop("summary", None)
-                pair.append(row)
+                pair.append(finish_row(row))
                 print(f"  auto {model} W{w}A{a} iters={iters}: {describe(row)}", flush=True)
                 shutil.rmtree(folder, ignore_errors=True)
             if all(r["status"] == "ok" for r in pair):
@@ -174,10 +175,8 @@ def measure_ab(model: str, w: int, a: int, iters: int, samples: int | None, base
         for label, code_root in ((f"baseline {rev}", tree), ("this tree", ROOT.parent)):
             folder = Path(tempfile.mkdtemp(dir=work))
             command = quantize_command(model, folder / "q.onnx", folder / "report", w, a, iters, samples, "cpu")
-            row = {"model": model, "code": label, "w": w, "a": a, "iters": iters, "samples": samples,
-                   **run_quantize(command, code_root, folder)}
-            row.pop("report", None)
-            row.pop("summary", None)
+            row = finish_row({"model": model, "code": label, "w": w, "a": a, "iters": iters, "samples": samples,
+                              **run_quantize(command, code_root, folder)})
             rows.append(row)
             print(f"  ab {label}: {describe(row)}", flush=True)
             shutil.rmtree(folder, ignore_errors=True)
@@ -187,6 +186,53 @@ def measure_ab(model: str, w: int, a: int, iters: int, samples: int | None, base
         rows[1]["speedup"] = round(float(rows[0]["wall_s"]) / float(rows[1]["wall_s"]), 2)
         rows[1]["same_bytes"] = rows[0]["md5"] == rows[1]["md5"]
     return rows
+
+
+def mirrored_calibration(model: str, count: int, folder: Path) -> Path:
+    """``count`` images: ``model``'s calibration images, then each mirrored, then each upside down (PNG)."""
+    from PIL import Image, ImageOps
+
+    images = sorted(p for p in (ASSETS / MODELS[model].calib).rglob("*") if p.is_file())
+    folder.mkdir(parents=True, exist_ok=True)
+    variants = (lambda im: im, ImageOps.mirror, ImageOps.flip)
+    for k in range(count):
+        variant, source = divmod(k, len(images))
+        if variant >= len(variants):
+            break
+        with Image.open(images[source]) as im:
+            variants[variant](im.convert("RGB")).save(folder / f"{k:05d}.png")
+    return folder
+
+
+def measure_memory(model: str, count: int, budget_gb: float, iters: int, work: Path) -> list[dict[str, object]]:
+    """The same run with the cache in memory and with it bounded by ``budget_gb`` (the rest in files)."""
+    calib = mirrored_calibration(model, count, Path(tempfile.mkdtemp(dir=work)) / "calib")
+    rows = []
+    try:
+        for label, gb in (("in memory", 1000.0), (f"--max-cache-gb {budget_gb:g}", budget_gb)):
+            folder = Path(tempfile.mkdtemp(dir=work))
+            command = quantize_command(model, folder / "q.onnx", folder / "report", 4, 4, iters, count, "cpu", calib)
+            command += ["--max-cache-gb", str(gb), "--cache-dir", str(folder)]
+            row = {"model": model, "cache": label, "samples": count, "iters": iters,
+                   **run_quantize(command, ROOT.parent, folder)}
+            row["spilled"] = "temporary files" in (folder / "log.txt").read_text()
+            finish_row(row)
+            rows.append(row)
+            print(f"  memory {label}: {describe(row)}", flush=True)
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        shutil.rmtree(calib.parent, ignore_errors=True)
+    if all(r["status"] == "ok" for r in rows):
+        rows[1]["same_bytes"] = rows[0]["md5"] == rows[1]["md5"]
+        rows[1]["time_vs_memory"] = round(float(rows[1]["wall_s"]) / float(rows[0]["wall_s"]), 2)
+    return rows
+
+
+def finish_row(row: dict[str, object]) -> dict[str, object]:
+    """A row as it is kept: without the run's full summary and report."""
+    row.pop("report", None)
+    row.pop("summary", None)
+    return row
 
 
 def describe(row: dict[str, object]) -> str:
@@ -243,6 +289,18 @@ def table(results: dict[str, object]) -> str:
                          f"{r['system_pct_of_user']} % | {r['peak_rss_mb']} | {r.get('top1')} | "
                          f"{r.get('same_bytes', '')} |")
         lines.append("")
+    if "memory" in sections:
+        rows = sections["memory"]["rows"]
+        first = rows[0]
+        lines += [f"## {first['model']} W4A4 on {first['samples']} samples, {first['iters']} steps per block: "
+                  "the cache in memory and bounded", "",
+                  "| cache | went to files | wall s | time vs in memory | peak RSS MB | user s | system s | top-1 "
+                  "| same bytes |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['cache']} | {r.get('spilled', '')} | {r['wall_s']} | {r.get('time_vs_memory', '')} | "
+                         f"{r['peak_rss_mb']} | {r['user_s']} | {r['system_s']} | {r.get('top1')} | "
+                         f"{r.get('same_bytes', '')} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -262,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ab-iters", type=int, default=200)
     parser.add_argument("--ab-samples", type=int, help="calibration samples of the ab runs (default: the CLI's)")
     parser.add_argument("--baseline", default="HEAD~1", help="git revision the ab section compares with")
+    parser.add_argument("--memory-model", default="efficientnet_lite0_imagenet")
+    parser.add_argument("--memory-samples", type=int, default=1024)
+    parser.add_argument("--memory-gb", type=float, default=2.0, help="the bounded run's --max-cache-gb")
+    parser.add_argument("--memory-iters", type=int, default=20)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not ASSETS.is_dir():
@@ -272,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     full_models = args.full_models.split(",")
     auto_models = args.auto_models.split(",")
     bad = [s for s in sections if s not in SECTIONS] + [m for m in (*models, *full_models, *auto_models,
-                                                                      args.ab_model)
+                                                                      args.ab_model, args.memory_model)
                                                       if m not in MODELS]
     if bad:
         print(f"bench.speed: unknown section or model {bad[0]!r}", file=sys.stderr)
@@ -291,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = measure_full(full_models, args.full_iters, work)
         elif section == "auto":
             rows = measure_auto(auto_models, parse_bits(args.auto_bits), work)
+        elif section == "memory":
+            rows = measure_memory(args.memory_model, args.memory_samples, args.memory_gb, args.memory_iters, work)
         else:
             rows = measure_ab(args.ab_model, w, a, args.ab_iters, args.ab_samples, args.baseline, work)
         results["sections"][section] = {"rows": rows, "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
