@@ -49,7 +49,7 @@ bench: install
 	TORCH_PIN=$(TORCH_PIN) $(BIN)/python -m bench.run $(BENCH_FLAGS)
 	$(BIN)/python -m bench.rebuild
 	$(BIN)/python -m bench.text $(if $(ITERS),--iters $(ITERS)) $(TEXT_BENCH_ARGS)
-	$(BIN)/python -m bench.speed --sections steps,full,ab,auto $(if $(ITERS),--full-iters $(ITERS)) $(SPEED_BENCH_ARGS)
+	$(BIN)/python -m bench.speed --sections steps,full,ab,auto,memory $(if $(ITERS),--full-iters $(ITERS)) $(SPEED_BENCH_ARGS)
 
 bench-quick: install
 	TORCH_PIN=$(TORCH_PIN) $(BIN)/python -m bench.run --quick $(BENCH_FLAGS)

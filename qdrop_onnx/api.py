@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -186,9 +186,9 @@ def reconstruct_blocks(sim: QuantSim, loaded: LoadedModel, samples: list[torch.T
     batch_major = batch_major_tensors(graph, samples) if len(samples[0]) >= 2 else None
     blocks = partition(graph, max_weighted=1 if config.method == "adaround" else 8, batch_major=batch_major)
     cache_dtype = torch.float16 if config.cache_fp16 else torch.float32
-    # Where the cache lives does not change the result (spilled tensors are read back exactly), so a run that
-    # stopped for lack of memory can resume with a smaller --max-cache-gb.
-    settings = {k: v for k, v in asdict(config).items() if k not in ("max_cache_gb", "cache_dir")}
+    # Where the cache lives and how freed memory is kept do not change the result (spilled tensors are read
+    # back exactly), so a run that stopped for lack of memory can resume with a smaller --max-cache-gb.
+    settings = {k: v for k, v in asdict(config).items() if k not in ("max_cache_gb", "cache_dir", "release_memory")}
     fingerprint = run_fingerprint(loaded.model.SerializeToString(), settings, samples)
     finished: list[BlockRecord] = []
     after_block = None
@@ -266,7 +266,9 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     sim = QuantSim(graph, plan, config)
     graph.to(dev)
     records: list[BlockRecord] = []
-    with reusing_freed_memory():  # the same large tensors, freed and allocated again (recon.allocator)
+    # The same large tensors are freed and allocated again at every step (recon.allocator); --release-memory
+    # keeps glibc's defaults: a lower peak, twice the time where the step tensors are large.
+    with reusing_freed_memory() if not config.release_memory else nullcontext():
         with _stage(timings, "calibrate"):
             samples = calibration_samples(dataset, graph, specs, config)
             calibrate(sim, samples, config, dev)

@@ -217,7 +217,29 @@ def test_speed_table_reads_the_rows_it_writes() -> None:
                             "extrapolated_2000_s": 330}]},
         "ab": {"rows": [{"model": "m", "code": "baseline abc", "w": 4, "a": 4, "iters": 200, **usage},
                         {"model": "m", "code": "this tree", "w": 4, "a": 4, "iters": 200, **usage, "speedup": 2.1,
-                         "same_bytes": True}]}}}
+                         "same_bytes": True}]},
+        "memory": {"rows": [{"model": "m", "cache": "in memory", "samples": 1024, "iters": 20, "spilled": False,
+                             **usage},
+                            {"model": "m", "cache": "--max-cache-gb 2", "samples": 1024, "iters": 20, "spilled": True,
+                             **usage, "time_vs_memory": 1.1, "same_bytes": True}]}}}
     text = table(results)
     assert "| m | cpu | 1 | 25.0 | 10.0 | 330 s | 100 | 9.0 | 1.0 |" in text
     assert "| this tree | 10.0 | 2.1 | 9.0 | 1.0 | 11.1 % | 100 | 80.0 | True |" in text
+    assert "## m W4A4 on 1024 samples, 20 steps per block: the cache in memory and bounded" in text
+    assert "| --max-cache-gb 2 | True | 10.0 | 1.1 | 100 | 9.0 | 1.0 | 80.0 | True |" in text
+
+
+@needs_assets
+def test_mirrored_calibration_goes_on_with_mirrored_images(tmp_path: Path) -> None:
+    from PIL import Image, ImageOps
+
+    from bench.common import ASSETS
+    from bench.speed import mirrored_calibration
+
+    images = sorted(p for p in (ASSETS / MODELS["resnet20_cifar10"].calib).rglob("*") if p.is_file())
+    folder = mirrored_calibration("resnet20_cifar10", len(images) + 1, tmp_path / "calib")
+    written = sorted(folder.iterdir())
+    assert len(written) == len(images) + 1 and written[-1].name == f"{len(images):05d}.png"
+    with Image.open(images[0]) as im, Image.open(written[0]) as same, Image.open(written[-1]) as mirrored:
+        assert same.tobytes() == im.convert("RGB").tobytes()
+        assert mirrored.tobytes() == ImageOps.mirror(im.convert("RGB")).tobytes() != same.tobytes()

@@ -83,7 +83,8 @@ def test_a_run_that_spills_writes_the_same_file_and_leaves_nothing(which: str, t
     in_memory = _quantized_bytes(model, calib, config)
     with caplog.at_level("WARNING", logger="qdrop_onnx"):
         spilled = _quantized_bytes(model, calib, QuantConfig(**{**config.__dict__, "max_cache_gb": 1e-6,
-                                                                "cache_dir": str(tmp_path)}))
+                                                                "cache_dir": str(tmp_path),
+                                                                "release_memory": True}))
     assert "the rest go to temporary files in" in caplog.text
     assert spilled == in_memory
     assert os.listdir(tmp_path) == []

@@ -95,6 +95,7 @@ class QuantConfig:
     cache_fp16: bool = False
     max_cache_gb: float | None = None  # None: half of the machine's physical memory; past it, files in cache_dir
     cache_dir: str | None = None  # None: the system's temporary folder (TMPDIR)
+    release_memory: bool = False  # True: glibc's own malloc settings (lower peak RSS, slower; recon.allocator)
 
     def validate(self) -> QuantConfig:
         for name in ("w_bits", "a_bits", "first_last_bits", "residual_bits", "embedding_bits"):
