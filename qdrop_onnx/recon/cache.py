@@ -67,9 +67,10 @@ class TensorCache:
     def _fits(self, nbytes: int) -> bool:
         return self.max_bytes is None or self.nbytes + nbytes <= self.max_bytes
 
-    def _spill(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> DiskTensor:
+    def _spill(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+               device: torch.device | None = None) -> DiskTensor:
         storage = DiskTensor(shape, self.dtype if dtype.is_floating_point else dtype, self.spill_dir,
-                             read_dtype=torch.float32)
+                             device=device or self.device, read_dtype=torch.float32)
         if not self._warned:
             self._warned = True
             log.warning("block tensors pass the %.3g GB cache budget (--max-cache-gb) at %s: the rest go to "
@@ -78,15 +79,13 @@ class TensorCache:
         return storage
 
     def allocate(self, name: str, shape: tuple[int, ...], like: Tensor) -> Stored:
-        """Room for a block output ``name`` of ``shape`` (``like``: a batch of it, for dtype and layout),
-        to be filled batch by batch and then :meth:`put`: in memory if it fits the budget, else on disk."""
+        """Room for a block output ``name`` of ``shape`` (``like``: a batch of it, for dtype, layout and the
+        device the block runs on, where it is used as a target), to be filled batch by batch and then
+        :meth:`put`: in memory if it fits the budget, else on disk (its rows read onto that device)."""
         size = int(torch.Size(shape).numel()) * like.element_size()
         if not self._fits(size):
-            return self._spill(name, shape, like.dtype)
-        channels_last = like.ndim == 4 and like.is_contiguous(memory_format=torch.channels_last) \
-            and not like.is_contiguous()
-        out = torch.empty(shape, dtype=like.dtype, device=self.device,
-                          memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            return self._spill(name, shape, like.dtype, like.device)
+        out = _empty_like_batch(like, shape[0], like.device)
         self._pending[id(out)] = out
         return out
 
