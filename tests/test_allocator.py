@@ -36,11 +36,12 @@ def test_freed_large_tensors_are_reused_without_page_faults() -> None:
 
 
 @glibc_only
-def test_leaving_the_setting_returns_free_memory_and_restores_the_default() -> None:
+def test_nested_uses_share_one_setting() -> None:
+    # Leaving the inner use keeps the outer one's reuse. (That leaving the outer one restores glibc's faulting
+    # default is not asserted: freed heap chunks left from inside can serve later allocations, so the count
+    # after leaving varied from 2 to 4 faulting rounds of 4 between runs of this same file.)
     with reusing_freed_memory():
-        with reusing_freed_memory():  # nested: one setting
+        with reusing_freed_memory():
             _faults_of_churn(2)
         assert _faults_of_churn(4) <= 2 * 64 * 2**20 // resource.getpagesize()
     release_free_memory()
-    # Back to glibc's default: every round maps (and faults) again.
-    assert _faults_of_churn(4) >= 3 * 64 * 2**20 // resource.getpagesize()
