@@ -69,9 +69,6 @@ class DiskTensor:
     def is_floating_point(self) -> bool:
         return self.dtype.is_floating_point
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
     def __getitem__(self, key: slice | Tensor) -> Tensor:
         if isinstance(key, slice):
             start, stop, stride = key.indices(self.shape[0])
