@@ -87,10 +87,18 @@ def _block_inputs(cache: TensorCache, block: Block, device: torch.device) -> tup
     # Block tensors go to the compute device once, not once per step; float ones in float32 (the cache may
     # hold float16), integer/boolean side tensors (token ids, masks) in their own dtype. Spilled ones stay on
     # disk and are read a batch at a time, in that same form.
+    # A tensor held once for both versions (the model's inputs, side tensors) is loaded once: a copy per
+    # version would hold EfficientNet's 1024 input images (616 MB) twice more.
+    loaded: dict[int, Stored] = {}
+
     def load(t: Stored) -> Stored:
-        if isinstance(t, DiskTensor):
-            return t.on(device)
-        return _channels_last(t.to(device, torch.float32) if t.is_floating_point() else t.to(device))
+        if id(t) not in loaded:
+            if isinstance(t, DiskTensor):
+                loaded[id(t)] = t.on(device)
+            else:
+                loaded[id(t)] = _channels_last(t.to(device, torch.float32) if t.is_floating_point()
+                                               else t.to(device))
+        return loaded[id(t)]
 
     return [load(cache.fp[t]) for t in block.inputs], [load(cache.q[t]) for t in block.inputs]
 
