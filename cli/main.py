@@ -192,6 +192,94 @@ def inspect(model: str, max_block_weights: int) -> None:
     click.echo("\nunsupported ops: none")
 
 
+@cli.command(name="sensitivity")
+@_model_arg
+@click.option("--calib", required=True, type=click.Path(exists=True),
+              help="Calibration data, as for `quantize` (labels not needed).")
+@click.option("--bits", "widths", callback=lambda ctx, param, v: _parse_widths(param, v), default="2,3,4,8",
+              show_default=True, metavar="B,B,...", help="Weight widths to measure each layer at.")
+@click.option("--samples", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Calibration samples each measurement runs on.")
+@click.option("--weight-asymmetric", is_flag=True, help="Asymmetric per-channel weights below 8 bits.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Base path: writes PATH.json and PATH.png. [default: <model stem>.sensitivity beside the model]")
+@click.option("--preset", type=click.Choice(["cifar10", "imagenet", "tf"]), default=None,
+              help="Image preprocessing preset (see `eval --help`).")
+@click.option("--mean", type=float, nargs=3, default=None, help="Per-channel mean, 0-255 pixel units.")
+@click.option("--std", type=float, nargs=3, default=None, help="Per-channel std, 0-255 pixel units.")
+@click.option("--size", "--input-shape", "size", type=int, nargs=2, default=None,
+              help="Final image height and width (the input shape for models with dynamic spatial dims).")
+@click.option("--resize", type=int, default=None, help="Resize the short side to this before center crop.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "json_out", is_flag=True, help="Print the table as JSON on stdout instead.")
+@_text_options
+def sensitivity_cmd(model: str, calib: str, widths: list[int], samples: int, weight_asymmetric: bool,
+                    batch_size: int, output: str | None, preset: str | None, mean: tuple[float, float, float] | None,
+                    std: tuple[float, float, float] | None, size: tuple[int, int] | None, resize: int | None,
+                    device: str, json_out: bool, tokenizer: str | None, max_length: int) -> None:
+    """Measure how much each weighted layer's narrower weights hurt: per layer and width, the relative
+    squared error of the model's outputs against the float model with only that layer quantized (round to
+    nearest after the range search). What `quantize --avg-w-bits/--size-kb` allocates by. Prints a table,
+    writes it as JSON and a PNG."""
+    import json
+
+    from qdrop_onnx.api import sensitivity
+    from qdrop_onnx.fileio import write_atomic
+    from qdrop_onnx.quant.config import QuantConfig
+    from qdrop_onnx.verify.report import json_safe
+
+    base = Path(output) if output else Path(model).with_name(Path(model).stem + ".sensitivity")
+    paths = {"json": base.with_name(base.name + ".json"), "png": base.with_name(base.name + ".png")}
+    if Path(model).resolve() in {p.resolve() for p in paths.values()}:
+        raise click.UsageError("--output would overwrite the input model")
+    if not base.parent.is_dir():
+        raise click.UsageError(f"--output folder {base.parent} does not exist")
+    _check_writable(base.parent)
+    config = QuantConfig(weight_asymmetric=weight_asymmetric, batch_size=batch_size, sensitivity_samples=samples,
+                         alloc_widths=widths)
+    data = _data_options(preset, mean, std, size, resize, tokenizer, max_length, calib, None)
+    table = sensitivity(model, calib, config, data=data, device=device,
+                        progress=_sensitivity_progress(not json_out))
+    document = json_safe(table.to_dict())
+    write_atomic(paths["json"], lambda tmp: tmp.write_text(json.dumps(document, indent=2)))
+    _plot_sensitivity(table, paths["png"])
+    if json_out:
+        click.echo(json.dumps(document, indent=2))
+        return
+    click.echo(f"{table.metric}, {table.samples} samples, {table.seconds:.1f} s")
+    header = f"  {'layer':<44} {'params':>9} " + " ".join(f"{f'W{b}':>10}" for b in table.widths)
+    click.echo(header)
+    for layer in table.layers:
+        fixed = f"  fixed: {layer.fixed}" if layer.fixed else ""
+        click.echo(f"  {layer.node[-44:]:<44} {layer.params:>9,} "
+                   + " ".join(f"{layer.error[b]:>10.3g}" for b in table.widths) + fixed)
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _plot_sensitivity(table: Any, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qdrop_onnx.fileio import write_atomic
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for b in table.widths:
+        ax.semilogy(range(len(table.layers)), [max(la.error[b], 1e-12) for la in table.layers], "o-", label=f"W{b}")
+    ax.set_xlabel("weighted layer (graph order)")
+    ax.set_ylabel("relative output error")
+    ax.set_title("Sensitivity: one layer quantized at a time")
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
 def _echo_plan(graph: Any) -> None:
     """What `quantize` at its defaults puts quantizers on (placement's reasons, counted by kind)."""
     from qdrop_onnx.quant.config import QuantConfig
@@ -366,6 +454,19 @@ def _parse_layer_rules(param: click.Parameter, values: tuple[str, ...]) -> list[
         raise click.BadParameter(str(exc).removeprefix("--layer-bits "), param=param) from None
 
 
+def _parse_widths(param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        widths = [int(v) for v in value.split(",") if v.strip()]
+        if not widths or any(not 2 <= b <= 8 for b in widths):
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"bit widths from 2 to 8 separated by commas (e.g. 2,3,4,8), got {value!r}",
+                                 param=param) from None
+    return sorted(set(widths))
+
+
 def _parse_bounds(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Any, ...]:
     from qdrop_onnx.verify.gate import Bound, GateError
 
@@ -381,6 +482,7 @@ class QuantizeCommand(GroupedOptionsCommand):
         ("Quantization", ("w_bits", "a_bits", "method", "format", "weight_asymmetric", "quantize_first_last",
                           "first_last_bits", "residual_bits", "embedding_bits", "exclude", "layers", "act_init",
                           "lp_norm", "reduce_range")),
+        ("Mixed precision", ("avg_w_bits", "size_kb", "alloc_widths", "sensitivity_samples")),
         ("Reconstruction", ("iters", "samples", "calib_act_samples", "batch_size", "drop_prob", "reg_weight",
                             "round_lr", "cache_fp16", "max_cache_gb", "cache_dir", "release_memory", "seed", "device",
                             "checkpoint_dir", "resume")),
@@ -447,6 +549,20 @@ class BlockProgress:
             self._block = -1
 
 
+def _sensitivity_progress(lines: bool) -> Any:
+    """A line every tenth of the layers while sensitivity is measured (``lines=False``: silent)."""
+    def report(done: int, total: int, node: str) -> None:
+        if lines and (done == total or done % max(1, total // 10) == 0):
+            click.echo(f"  sensitivity: {done}/{total} layers measured")
+    return report
+
+
+def _allocation_summary(allocation: Any) -> dict[str, Any] | None:
+    if allocation is None:
+        return None
+    return {k: v for k, v in allocation.to_dict().items() if k != "sensitivity"}
+
+
 def _print_summary(result: Any, model: str, verification: Any, report_files: dict[str, Path] | None) -> None:
 
     config, plan, out = result.config, result.plan, result.output
@@ -462,6 +578,12 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
         click.echo("  embeddings:  " + ", ".join(f"{n} tables at {b} bits" for b, n in sorted(t_hist.items())))
     click.echo("  activations: " + ", ".join(f"{n} tensors at {b} bits" for b, n in sorted(a_hist.items())))
     click.echo(f"  size:        {_size_mb(model):.2f} MB -> {_size_mb(out):.2f} MB")
+    alloc = result.allocation
+    if alloc is not None:
+        hist = Counter(alloc.widths.values())
+        click.echo(f"  allocation:  {alloc.budget}: " + ", ".join(f"{n} at {b}" for b, n in sorted(hist.items()))
+                   + f" bits, mean {alloc.average_bits:.2f} bits, weights {alloc.weight_kb:.1f} kB at their widths "
+                   f"({alloc.seconds:.1f} s)")
     if verification is not None:
         cmp = verification.comparison
         click.echo(f"verification in ONNX Runtime on {cmp.count} samples of {verification.data}:")
@@ -526,6 +648,17 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
               help="Bits of the weighted layers whose node name matches PATTERN (a name or a glob such as "
                    "'*conv*'): weights W, input activations A; repeatable, after the config file's `layers` "
                    "rules; the later of two disagreeing rules wins (a warning names them).")
+@click.option("--avg-w-bits", type=float, default=None,
+              help="Mixed precision: pick each layer's weight width (from --alloc-widths) to minimise the summed "
+                   "sensitivity (see `sensitivity`) with this parameter-weighted mean width over the layers --w "
+                   "would set (not first/last or --layer-bits ones); e.g. 3.0.")
+@click.option("--size-kb", type=float, default=None,
+              help="Mixed precision under a size budget instead: every quantized layer's weights at their widths, "
+                   "params x bits / 8000.")
+@click.option("--alloc-widths", callback=lambda ctx, param, v: _parse_widths(param, v), default=None,
+              metavar="B,B,...", help="Weight widths mixed precision picks from. [default: 2,3,4,8]")
+@click.option("--sensitivity-samples", type=click.IntRange(min=1), default=None,
+              help="Calibration samples the sensitivity of each layer is measured on. [default: 128]")
 @click.option("--act-init", type=click.Choice(["minmax", "percentile", "mse"]), default=None,
               help="Activation range initialisation. [default: mse]")
 @click.option("--lp-norm", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -644,7 +777,8 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
     before = saved.stat().st_mtime_ns if saved.exists() else None
     try:
         result = run_quantize(model, calib, config, out, data=data, device=device, progress=progress.step,
-                              on_block=progress.done, checkpoint=checkpoint)
+                              on_block=progress.done, checkpoint=checkpoint,
+                              allocation_progress=_sensitivity_progress(not (quiet or json_out)))
     except BaseException as exc:
         # Only a checkpoint this run wrote (or resumed from) holds its blocks, not another run's.
         ours = saved.exists() and (saved.stat().st_mtime_ns != before
@@ -672,7 +806,8 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
                    "input_bytes": Path(model).stat().st_size, "output_bytes": out.stat().st_size,
                    "verification": verification.to_dict(),
                    "coverage": {"integer": cov.integer, "float": cov.float} if cov else None,
-                   "gate_missed": misses}
+                   "gate_missed": misses,
+                   "allocation": _allocation_summary(result.allocation)}
         click.echo(json.dumps(json_safe(summary), indent=2))
     else:
         _print_summary(result, model, verification, files)

@@ -22,6 +22,8 @@ from qdrop_onnx.graph import load_model, lower, partition
 from qdrop_onnx.graph.load import LoadedModel
 from qdrop_onnx.graph.lower import OnnxGraphModule
 from qdrop_onnx.graph.partition import batch_major_tensors
+from qdrop_onnx.mixed.allocate import Allocation, allocate_widths
+from qdrop_onnx.mixed.sensitivity import SensitivityProgress, SensitivityTable, measure_sensitivity
 from qdrop_onnx.params import QuantParams
 from qdrop_onnx.quant.config import ConfigError, QuantConfig
 from qdrop_onnx.quant.placement import QuantPlan, plan_quantization
@@ -82,6 +84,7 @@ class QuantResult:
     blocks: list[BlockRecord] = field(default_factory=list)
     device: str = "cpu"
     calibration_data: Dataset | None = None
+    allocation: Allocation | None = None  # the mixed-precision widths, when config sets a budget
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -227,13 +230,14 @@ def _refuse_overwrite(model: str | Path | onnx.ModelProto, output: str | Path | 
 def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
-    timings[name] = time.perf_counter() - start
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
 def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | object, config: QuantConfig,
              output: str | Path | None = None, *, data: DataOptions | None = None,
              device: str = "auto", progress: StepCallback | None = None,
-             on_block: DoneCallback | None = None, checkpoint: CheckpointOptions | None = None) -> QuantResult:
+             on_block: DoneCallback | None = None, checkpoint: CheckpointOptions | None = None,
+             allocation_progress: SensitivityProgress | None = None) -> QuantResult:
     """Quantize ``model`` on calibration data ``calib`` per ``config``.
 
     ``calib``: an image folder, a .npy/.npz file or folder, a :class:`~qdrop_onnx.data.Dataset`, or an
@@ -244,8 +248,11 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     methods, one record per block. ``progress(block, step, loss)`` and ``on_block(record)`` report on
     the reconstruction as it runs. ``checkpoint`` saves the learned state after every block and, with
     ``resume``, continues from the blocks a previous identical run finished (same file as without).
+    With a mixed-precision budget (``config.avg_w_bits`` or ``size_kb``), ``allocation_progress(done, total,
+    node)`` reports on the sensitivity measurement after each layer.
 
-    The stages, each owning its policy: load (clean and lower the graph, open the data) -> plan (which
+    The stages, each owning its policy: load (clean and lower the graph, open the data) -> allocate (per-layer
+    weight widths under a budget, when one is set) -> plan (which
     tensors get which quantizer) -> calibrate (ranges, then scales) -> reconstruct (all but ``rtn``) ->
     export (the QDQ file). :func:`verify` and :func:`build_report` are the stages after it.
     """
@@ -262,15 +269,20 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
             raise DataError("the calibration data holds no samples")
     torch.manual_seed(config.seed)
     dev = pick_device(device)
-    plan = plan_quantization(graph, config)
-    sim = QuantSim(graph, plan, config)
     graph.to(dev)
     records: list[BlockRecord] = []
+    allocation = None
     # The same large tensors are freed and allocated again at every step (recon.allocator); --release-memory
     # keeps glibc's defaults: a lower peak, twice the time where the step tensors are large.
     with reusing_freed_memory() if not config.release_memory else nullcontext():
         with _stage(timings, "calibrate"):
             samples = calibration_samples(dataset, graph, specs, config)
+        if config.avg_w_bits is not None or config.size_kb is not None:
+            with _stage(timings, "allocate"):
+                config, allocation = allocate_widths(graph, config, samples, dev, allocation_progress)
+        plan = plan_quantization(graph, config)
+        sim = QuantSim(graph, plan, config)
+        with _stage(timings, "calibrate"):
             calibrate(sim, samples, config, dev)
         if config.method != "rtn":
             with _stage(timings, "reconstruct"):
@@ -282,7 +294,29 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
         written = save_model_atomic(qdq, output) if output is not None else None
     return QuantResult(qdq, params, plan, config, sim, output=written, seconds=time.perf_counter() - start,
                        calibration_samples=len(samples[0]), timings=timings, blocks=records, device=str(dev),
-                       calibration_data=dataset)
+                       calibration_data=dataset, allocation=allocation)
+
+
+def sensitivity(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | object, config: QuantConfig,
+                widths: Sequence[int] | None = None, *, data: DataOptions | None = None, device: str = "auto",
+                progress: SensitivityProgress | None = None) -> SensitivityTable:
+    """Each weighted layer's output error at each of ``widths`` (default ``config.alloc_widths``) with only that
+    layer quantized, on ``config.sensitivity_samples`` calibration samples: what ``--avg-w-bits`` allocates
+    by (:mod:`qdrop_onnx.mixed.sensitivity`). Layers ``config`` leaves in float are not measured."""
+    config.validate()
+    loaded = load_model(model)
+    graph = lower(loaded)
+    specs = input_specs(loaded.model)
+    dataset = open_calibration(calib, specs, data)
+    if len(dataset) == 0:
+        raise DataError("the calibration data holds no samples")
+    by_name = {s.name: s for s in specs}
+    samples = _load_samples(dataset, config.sensitivity_samples, [by_name[n] for n in graph.input_names])
+    _check_finite(samples)
+    dev = pick_device(device)
+    graph.to(dev)
+    return measure_sensitivity(graph, plan_quantization(graph, config), config, samples,
+                               widths or config.alloc_widths, dev, progress)
 
 
 @dataclass
@@ -382,4 +416,5 @@ def build_report(result: QuantResult, model: str | Path, verification: Verificat
         config={**asdict(result.config), "device": result.device},
         seconds=result.seconds, timings=dict(result.timings), calibration_samples=result.calibration_samples,
         layers=layers, activations=activations, blocks=blocks,
-        verification=verification.to_dict() if verification is not None else None, coverage=coverage)
+        verification=verification.to_dict() if verification is not None else None, coverage=coverage,
+        allocation=result.allocation.to_dict() if result.allocation is not None else None)

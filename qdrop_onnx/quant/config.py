@@ -81,6 +81,11 @@ class QuantConfig:
     embedding_bits: int = 8  # tables of Gather on a constant (word/position/token-type embeddings)
     exclude: list[str] = field(default_factory=list)
     layers: list[LayerRule] = field(default_factory=list)  # per-layer rules, in order (later wins)
+    # Mixed precision (qdrop_onnx.mixed.allocate): one budget, the widths it picks from, the samples measured.
+    avg_w_bits: float | None = None  # parameter-weighted mean weight width over the allocated layers
+    size_kb: float | None = None  # weights of every quantized layer at their widths, kB (params x bits / 8000)
+    alloc_widths: list[int] = field(default_factory=lambda: [2, 3, 4, 8])
+    sensitivity_samples: int = 128
     act_init: str = "mse"
     lp_norm: float = 2.4
     reduce_range: bool = False
@@ -123,6 +128,26 @@ class QuantConfig:
             raise ConfigError("--max-cache-gb must be positive")
         if self.lp_norm <= 0:
             raise ConfigError("--lp-norm must be positive")
+        if any(not isinstance(b, int) or isinstance(b, bool) or not 2 <= b <= 8 for b in self.alloc_widths) \
+                or not self.alloc_widths:
+            raise ConfigError(f"--alloc-widths takes bit widths from 2 to 8 (e.g. 2,3,4,8), got {self.alloc_widths!r}")
+        if self.avg_w_bits is not None and self.size_kb is not None:
+            raise ConfigError("--avg-w-bits and --size-kb are two budgets: give one")
+        if self.avg_w_bits is not None:
+            narrowest, widest = min(self.alloc_widths), max(self.alloc_widths)
+            if self.avg_w_bits > 8:
+                raise ConfigError(f"--avg-w-bits must be at most 8 bits, got {self.avg_w_bits:g}")
+            if self.avg_w_bits < narrowest:
+                raise ConfigError(f"--avg-w-bits {self.avg_w_bits:g} is below the narrowest width allowed "
+                                  f"({narrowest} bits, --alloc-widths {_widths(self.alloc_widths)}): "
+                                  "no allocation meets it")
+            if self.avg_w_bits > widest:
+                raise ConfigError(f"--avg-w-bits {self.avg_w_bits:g} is above the widest width allowed "
+                                  f"({widest} bits, --alloc-widths {_widths(self.alloc_widths)})")
+        if self.size_kb is not None and not self.size_kb > 0:
+            raise ConfigError(f"--size-kb must be positive, got {self.size_kb:g}")
+        if not isinstance(self.sensitivity_samples, int) or self.sensitivity_samples < 1:
+            raise ConfigError(f"--sensitivity-samples must be a positive integer, got {self.sensitivity_samples!r}")
         for rule in self.layers:
             for bits in (rule.w_bits, rule.a_bits):
                 if bits is not None and (not isinstance(bits, int) or not 2 <= bits <= 8):
@@ -151,6 +176,10 @@ class QuantConfig:
             rules.append(r if isinstance(r, LayerRule) else LayerRule.from_table(r, i))
         values = {**values, "layers": rules}
         return cls(**values)
+
+
+def _widths(widths: list[int]) -> str:
+    return ",".join(str(b) for b in sorted(widths))
 
 
 def flag_name(field_name: str) -> str:

@@ -43,6 +43,9 @@ class WeightSpec:
     input: str
     quantize_bias: bool
     rule: str | None = None  # the per-layer rule(s) that set this layer (LayerRule.source), if any
+    # What set ``bits`` when not ``--w`` (a rule's source, or the first/last layer setting): mixed precision
+    # allocates only the layers where this is None.
+    width_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,8 @@ def nonnegative_tensors(graph: OnnxGraphModule) -> set[str]:
 
 
 def resolve_layer_rules(nodes: list[str], rules: list[LayerRule]) -> dict[str, dict[str, Any]]:
-    """Node name -> the settings the per-layer ``rules`` give it (and ``source``: the rules that did), in
+    """Node name -> the settings the per-layer ``rules`` give it (``source``: the rules that did;
+    ``<setting>_source``: the one whose value stands), in
     order: where two rules set one setting of a node differently, the later wins, named in one warning per
     pair of rules. A rule that matches no weighted node is an error."""
     resolved: dict[str, dict[str, Any]] = {}
@@ -110,6 +114,7 @@ def resolve_layer_rules(nodes: list[str], rules: list[LayerRule]) -> dict[str, d
                     clashes.setdefault((earlier.source or earlier.pattern, rule.source or rule.pattern),
                                        []).append(node)
                 settings[key] = value
+                settings[f"{key}_source"] = rule.source or rule.pattern
                 setter[(node, key)] = rule
             sources = settings.get("source")
             label = rule.source or rule.pattern
@@ -119,6 +124,12 @@ def resolve_layer_rules(nodes: list[str], rules: list[LayerRule]) -> dict[str, d
         log.warning("%s and %s disagree on %d node(s) (%s): the later one, %s, wins", first, later,
                     len(set(where)), shown, later)
     return resolved
+
+
+def default_weight_symmetric(config: QuantConfig, bits: int) -> bool:
+    """Whether a ``bits``-wide weight grid is symmetric when no rule says: 8-bit layers that may fuse into
+    integer kernels need symmetric weights (equal zero points), whatever ``--weight-asymmetric`` asks."""
+    return (not config.weight_asymmetric) or bits == 8
 
 
 def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
@@ -145,18 +156,20 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
         edge = ln.name in (plan.first, plan.last) and not config.quantize_first_last
         rule = overrides.get(ln.name, {})
         bits = rule.get("w_bits", config.first_last_bits if edge else config.w_bits)
+        width_from = (rule["w_bits_source"] if "w_bits" in rule
+                      else f"{'first' if ln.name == plan.first else 'last'} layer (--first-last-bits)" if edge
+                      else None)
         data_input = ln.inputs[0]
         a_bits = rule.get("a_bits", config.first_last_bits if edge else config.a_bits)
         act_bits[data_input] = max(act_bits.get(data_input, 0), a_bits)
         reasons.setdefault(data_input, f"input of {ln.name}")
         module = ln.module
         has_bias = getattr(module, "bias", None) is not None and module.bias.ndim == 1
-        # 8-bit layers that may fuse into integer kernels need symmetric weights (equal zero points).
-        symmetric = rule.get("symmetric", (not config.weight_asymmetric) or bits == 8)
+        symmetric = rule.get("symmetric", default_weight_symmetric(config, bits))
         plan.weights[ln.name] = WeightSpec(
             node=ln.name, op_type=ln.node.op_type, bits=bits, symmetric=symmetric, channel_axis=module.channel_axis,
             input=data_input, quantize_bias=has_bias and ln.node.op_type in ("Conv", "Gemm"),
-            rule=rule.get("source"))
+            rule=rule.get("source"), width_from=width_from)
 
     consumers: dict[str, list[str]] = {}
     for ln in graph.nodes:

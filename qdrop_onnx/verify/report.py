@@ -18,6 +18,9 @@ JSON fields (all present; ``null`` where not measured):
   verification                      FP vs quantized in ONNX Runtime (verify.compare.Comparison fields) plus
                                     data (path) and held_out (false: the calibration samples themselves)
   coverage                          integer vs float weighted kernels after ORT's optimizer
+  allocation                        mixed precision (a budget set): budget, widths {node: bits}, average_bits,
+                                    weight_kb, error (summed sensitivity), seconds, and the sensitivity table
+                                    (per layer: node, op_type, params, error {bits: value}, fixed)
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class QuantReport:
     blocks: list[dict[str, Any]] = field(default_factory=list)
     verification: dict[str, Any] | None = None
     coverage: dict[str, Any] | None = None
+    allocation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))
@@ -160,6 +164,12 @@ def render_markdown(data: dict[str, Any]) -> str:
                  _fmt(la["weight_sqnr_db"], ".1f"), la.get("rule", "")] for la in data["layers"]]
         out += ["\n## Weighted layers\n", _table(["layer", "op", "bits", "grid", "weight SQNR dB", "set by"],
                                                   rows)]
+    alloc = data.get("allocation")
+    if alloc:
+        out.append(f"\nMixed precision, {alloc['budget']}: {len(alloc['widths'])} layers allocated, mean "
+                   f"{alloc['average_bits']:.2f} bits, weights {alloc['weight_kb']:.1f} kB at their widths, summed "
+                   f"sensitivity {alloc['error']:.4g}, {alloc['seconds']:.1f} s (the layers table says which "
+                   "rule set each).\n")
     counts: dict[int, int] = {}
     for act in data["activations"]:
         counts[act["bits"]] = counts.get(act["bits"], 0) + 1
