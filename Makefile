@@ -29,7 +29,8 @@ FLOOR_VENV  := .venv-floors
 FLOOR_TESTS := tests/test_load.py tests/test_ops.py tests/test_qdq_parity.py::test_relu6_model_qdq_matches_torch_at_every_bit_width \
                tests/test_cli_reports.py::test_rtn_report_has_one_panel_and_no_report_flag \
                tests/test_minilm.py::test_torch_rebuild_matches_onnxruntime_on_padded_sentences \
-               tests/test_minilm.py::test_w8a8_from_text_keeps_the_embeddings_and_runs_at_other_shapes tests/test_text.py
+               tests/test_minilm.py::test_w8a8_from_text_keeps_the_embeddings_and_runs_at_other_shapes tests/test_text.py \
+               tests/test_mixed.py::test_allocation_is_the_exact_optimum
 floors:
 	rm -rf $(FLOOR_VENV)
 	$(PYTHON) -m venv $(FLOOR_VENV)
@@ -37,7 +38,7 @@ floors:
 	$(FLOOR_VENV)/bin/pip install --quiet --disable-pip-version-check $$($(PYTHON) .ci/floors.py) pytest hypothesis
 	$(FLOOR_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	$(FLOOR_VENV)/bin/python -c "import importlib.metadata as m; print('floors:', *(f'{p}=={m.version(p)}' \
-	    for p in ('onnx', 'onnxruntime', 'torch', 'numpy', 'protobuf')))"
+	    for p in ('onnx', 'onnxruntime', 'torch', 'numpy', 'protobuf', 'scipy')))"
 	$(FLOOR_VENV)/bin/pytest -q -p no:cacheprovider $(FLOOR_TESTS)
 
 # Benchmarks against ONNX Runtime, AIMET and Quark on ../shared/assets (README "Benchmarks"). Peers install
@@ -50,6 +51,7 @@ bench: install
 	$(BIN)/python -m bench.rebuild
 	$(BIN)/python -m bench.text $(if $(ITERS),--iters $(ITERS)) $(TEXT_BENCH_ARGS)
 	$(BIN)/python -m bench.speed --sections steps,full,ab,auto,memory $(if $(ITERS),--full-iters $(ITERS)) $(SPEED_BENCH_ARGS)
+	$(BIN)/python -m bench.mixed $(if $(ITERS),--iters $(ITERS)) $(MIXED_BENCH_ARGS)
 
 bench-quick: install
 	TORCH_PIN=$(TORCH_PIN) $(BIN)/python -m bench.run --quick $(BENCH_FLAGS)

@@ -34,7 +34,7 @@ def test_quantize_help_groups_options_and_shows_defaults() -> None:
     result = CliRunner().invoke(cli, ["quantize", "--help"])
     assert result.exit_code == 0
     sections = re.findall(r"^([A-Z][A-Za-z ]+):$", result.output, re.M)
-    assert sections == ["Input and output", "Quantization", "Reconstruction", "Calibration data",
+    assert sections == ["Input and output", "Quantization", "Mixed precision", "Reconstruction", "Calibration data",
                         "Verification", "Output on the terminal"]
     flat = " ".join(result.output.split())
     assert "--eval-limit INTEGER RANGE Verify on at most this many samples. [default: 1000;" in flat

@@ -1,0 +1,149 @@
+"""Mixed precision: sensitivity per layer and width, the exact width allocation under a budget, the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qdrop_onnx.api import quantize
+from qdrop_onnx.graph import load_model, lower
+from qdrop_onnx.mixed.allocate import allocate_widths, solve
+from qdrop_onnx.mixed.sensitivity import LayerSensitivity, SensitivityTable, measure_sensitivity
+from qdrop_onnx.quant.config import ConfigError, QuantConfig
+from qdrop_onnx.quant.placement import plan_quantization
+from tests.helpers import small_cnn, small_cnn_and_images
+
+CLI = str(Path(sys.executable).parent / "qdrop-onnx")
+
+
+def _random_table(seed: int, layers: int = 6, widths: tuple[int, ...] = (2, 3, 4, 8)) -> tuple[SensitivityTable,
+                                                                                                dict[str, int]]:
+    rng = np.random.RandomState(seed)
+    rows, params = [], {}
+    for i in range(layers):
+        # Errors fall with width (as measured), at layer-specific rates; sizes spread over two decades.
+        base = rng.lognormal(0, 1.5)
+        rows.append(LayerSensitivity(f"l{i}", "Conv", int(rng.randint(100, 10_000)),
+                                     {b: base * 4.0 ** -(b * rng.uniform(0.6, 1.4)) for b in widths}))
+        params[f"l{i}"] = rows[-1].params
+    return SensitivityTable(rows, widths, 1, 0.0), params
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_allocation_is_the_exact_optimum(seed: int) -> None:
+    # Against every one of the 4^6 assignments: a greedy or rounded solution misses it on some of these.
+    table, params = _random_table(seed)
+    nodes = list(params)
+    total = sum(params.values())
+    for avg in (2.5, 3.0, 3.5):
+        chosen = solve(table, params, nodes, avg * total)
+        errors = {la.node: la.error for la in table.layers}
+        best = min((sum(errors[n][b] for n, b in zip(nodes, combo, strict=True)), combo)
+                   for combo in itertools.product(table.widths, repeat=len(nodes))
+                   if sum(params[n] * b for n, b in zip(nodes, combo, strict=True)) <= avg * total)
+        got = sum(errors[n][b] for n, b in chosen.items())
+        assert got == pytest.approx(best[0], rel=1e-9)
+        assert sum(params[n] * b for n, b in chosen.items()) <= avg * total
+
+
+def test_sensitivity_falls_with_width_and_skips_nothing_quantized() -> None:
+    model, _ = small_cnn()
+    graph = lower(load_model(model))
+    config = QuantConfig().validate()
+    rng = np.random.RandomState(1)
+    samples = [torch.from_numpy(rng.randn(64, 3, 8, 8).astype(np.float32))]
+    table = measure_sensitivity(graph, plan_quantization(graph, config), config, samples, (2, 4, 8))
+    assert [la.node for la in table.layers] == ["stem", "res_conv", "fc"]
+    assert [la.fixed for la in table.layers] == ["first layer (--first-last-bits)", None,
+                                                 "last layer (--first-last-bits)"]
+    for layer in table.layers:
+        assert layer.error[2] > layer.error[4] > layer.error[8] > 0
+        assert layer.error[8] < 1e-3  # 8-bit weights: a relative output error well under 0.1 %
+    assert all(op.weight_quantizer is None for op in graph.weighted_ops().values())  # left as found
+
+
+def test_budget_is_met_and_the_plan_carries_the_widths(tmp_path: Path) -> None:
+    model, images = small_cnn_and_images(tmp_path, 48)
+    config = QuantConfig(method="rtn", a_bits=8, quantize_first_last=True, avg_w_bits=3.0, samples=48,
+                         sensitivity_samples=48).validate()
+    result = quantize(model, images, config, tmp_path / "mixed.onnx")
+    alloc = result.allocation
+    assert alloc is not None and set(alloc.widths) == {"stem", "res_conv", "fc"}
+    params = {"stem": 8 * 27, "res_conv": 8 * 72, "fc": 80}
+    assert alloc.average_bits == pytest.approx(sum(params[n] * b for n, b in alloc.widths.items())
+                                               / sum(params.values()))
+    assert alloc.average_bits <= 3.0
+    assert {n: s.bits for n, s in result.plan.weights.items()} == alloc.widths
+    assert {s.rule for s in result.plan.weights.values()} == {"allocation (--avg-w-bits 3)"}
+    # The budget is spent: a width one step wider anywhere would break it, or nothing is left to widen.
+    assert alloc.widths != {"stem": 2, "res_conv": 2, "fc": 2}
+
+
+def test_size_budget_counts_the_fixed_layers_and_refuses_what_cannot_fit(tmp_path: Path) -> None:
+    model, _ = small_cnn()
+    graph = lower(load_model(model))
+    samples = [torch.from_numpy(np.random.RandomState(0).randn(16, 3, 8, 8).astype(np.float32))]
+    # Only res_conv (576 params) is allocated; stem (216) and fc (80) stay 8-bit: 2,368 bits fixed.
+    config = QuantConfig(size_kb=(2368 + 576 * 4) / 8000, sensitivity_samples=16).validate()
+    new, alloc = allocate_widths(graph, config, samples)
+    assert alloc is not None and alloc.widths == {"res_conv": 4} and alloc.weight_kb == pytest.approx(config.size_kb)
+    assert new.layers[-1].w_bits == 4
+    with pytest.raises(ConfigError) as err:
+        allocate_widths(graph, QuantConfig(size_kb=0.4).validate(), samples)
+    assert str(err.value) == ("--size-kb 0.4 is below the smallest this model can be: 0.4 kB (every allocated "
+                              "layer at 2 bits, the fixed ones as they are)")
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"avg_w_bits": 1.5}, "--avg-w-bits 1.5 is below the narrowest width allowed (2 bits, --alloc-widths 2,3,4,8): "
+                          "no allocation meets it"),
+    ({"avg_w_bits": 9.0}, "--avg-w-bits must be at most 8 bits, got 9"),
+    ({"avg_w_bits": 3.0, "size_kb": 10.0}, "--avg-w-bits and --size-kb are two budgets: give one"),
+    ({"avg_w_bits": 3.0, "alloc_widths": [3, 4]}, None),
+    ({"avg_w_bits": 2.5, "alloc_widths": [3, 4]}, "--avg-w-bits 2.5 is below the narrowest width allowed (3 bits, "
+                                                  "--alloc-widths 3,4): no allocation meets it"),
+])
+def test_bad_budgets_are_one_clear_error(settings: dict[str, object], message: str | None) -> None:
+    if message is None:
+        QuantConfig(**settings).validate()  # type: ignore[arg-type]
+        return
+    with pytest.raises(ConfigError) as err:
+        QuantConfig(**settings).validate()  # type: ignore[arg-type]
+    assert str(err.value) == message
+
+
+def test_cli_sensitivity_and_mixed_quantize(tmp_path: Path) -> None:
+    model, images = small_cnn_and_images(tmp_path, 32)
+    proc = subprocess.run([CLI, "sensitivity", str(model), "--calib", str(images), "--bits", "2,8",
+                           "-o", str(tmp_path / "sens")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads((tmp_path / "sens.json").read_text())
+    assert [la["node"] for la in table["layers"]] == ["stem", "res_conv", "fc"] and table["widths"] == [2, 8]
+    assert (tmp_path / "sens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "res_conv" in proc.stdout and "fixed: first layer (--first-last-bits)" in proc.stdout
+    out = tmp_path / "q.onnx"
+    proc = subprocess.run([CLI, "quantize", str(model), "--calib", str(images), "--method", "rtn", "--a", "8",
+                           "--avg-w-bits", "2", "-o", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["allocation"]["widths"] == {"res_conv": 2} and summary["allocation"]["budget"] == "--avg-w-bits 2"
+    report = json.loads(Path(summary["report"]["json"]).read_text())
+    assert {la["node"]: la["bits"] for la in report["layers"]} == {"stem": 8, "res_conv": 2, "fc": 8}
+    assert report["allocation"]["sensitivity"]["layers"][1]["node"] == "res_conv"
+    bad = subprocess.run([CLI, "quantize", str(model), "--calib", str(images), "--avg-w-bits", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert (bad.returncode, bad.stderr.strip().splitlines()) == (1, [
+        "qdrop-onnx: error: --avg-w-bits 1 is below the narrowest width allowed (2 bits, --alloc-widths 2,3,4,8): "
+        "no allocation meets it"])
+    bad = subprocess.run([CLI, "sensitivity", str(model), "--calib", str(images), "--bits", "2,9"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "qdrop-onnx: error: Invalid value for '--bits': bit widths from 2 to 8 separated by commas (e.g. 2,3,4,8), "
+        "got '2,9'"]
