@@ -142,6 +142,21 @@ def _text_options(command: Any) -> Any:
                              "input_ids, attention_mask, token_type_ids (needs qdrop-onnx[text]).")(command)
 
 
+def _image_options(command: Any) -> Any:
+    """--preset, --mean, --std, --size, --resize: how images are read (quantize and sensitivity)."""
+    for option in reversed([
+        click.option("--preset", type=click.Choice(["cifar10", "imagenet", "tf"]), default=None,
+                     help="Image preprocessing preset (see `eval --help`)."),
+        click.option("--mean", type=float, nargs=3, default=None, help="Per-channel mean, 0-255 pixel units."),
+        click.option("--std", type=float, nargs=3, default=None, help="Per-channel std, 0-255 pixel units."),
+        click.option("--size", "--input-shape", "size", type=int, nargs=2, default=None,
+                     help="Final image height and width (the input shape for models with dynamic spatial dims)."),
+        click.option("--resize", type=int, default=None, help="Resize the short side to this before center crop."),
+    ]):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @_model_arg
 @click.option("--max-block-weights", default=8, show_default=True,
@@ -204,13 +219,7 @@ def inspect(model: str, max_block_weights: int) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Base path: writes PATH.json and PATH.png. [default: <model stem>.sensitivity beside the model]")
-@click.option("--preset", type=click.Choice(["cifar10", "imagenet", "tf"]), default=None,
-              help="Image preprocessing preset (see `eval --help`).")
-@click.option("--mean", type=float, nargs=3, default=None, help="Per-channel mean, 0-255 pixel units.")
-@click.option("--std", type=float, nargs=3, default=None, help="Per-channel std, 0-255 pixel units.")
-@click.option("--size", "--input-shape", "size", type=int, nargs=2, default=None,
-              help="Final image height and width (the input shape for models with dynamic spatial dims).")
-@click.option("--resize", type=int, default=None, help="Resize the short side to this before center crop.")
+@_image_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "json_out", is_flag=True, help="Print the table as JSON on stdout instead.")
 @_text_options
@@ -674,13 +683,7 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
               help="TOML/YAML/JSON file with quantization and reconstruction settings: keys are the long flag "
                    "names of the Quantization and Reconstruction sections with underscores (w_bits for --w, "
                    "a_bits for --a, drop_prob); not --device, --checkpoint or --resume. Flags given override it.")
-@click.option("--preset", type=click.Choice(["cifar10", "imagenet", "tf"]), default=None,
-              help="Image preprocessing preset (see `eval --help`).")
-@click.option("--mean", type=float, nargs=3, default=None, help="Per-channel mean, 0-255 pixel units.")
-@click.option("--std", type=float, nargs=3, default=None, help="Per-channel std, 0-255 pixel units.")
-@click.option("--size", "--input-shape", "size", type=int, nargs=2, default=None,
-              help="Final image height and width (the input shape for models with dynamic spatial dims).")
-@click.option("--resize", type=int, default=None, help="Resize the short side to this before center crop.")
+@_image_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where reconstruction runs (auto: CUDA when torch sees a GPU).")
 @click.option("--eval", "eval_data", type=click.Path(exists=True), default=None,

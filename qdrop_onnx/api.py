@@ -233,6 +233,18 @@ def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
+def _load(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | object,
+          data: DataOptions | None) -> tuple[LoadedModel, OnnxGraphModule, list[InputSpec], Dataset]:
+    """The cleaned model, its torch rebuild, its input specs and the calibration data (refused when empty)."""
+    loaded = load_model(model)
+    graph = lower(loaded)
+    specs = input_specs(loaded.model)
+    dataset = open_calibration(calib, specs, data)
+    if len(dataset) == 0:
+        raise DataError("the calibration data holds no samples")
+    return loaded, graph, specs, dataset
+
+
 def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | object, config: QuantConfig,
              output: str | Path | None = None, *, data: DataOptions | None = None,
              device: str = "auto", progress: StepCallback | None = None,
@@ -261,12 +273,7 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     _refuse_overwrite(model, output)
     timings: dict[str, float] = {}
     with _stage(timings, "load"):
-        loaded = load_model(model)
-        graph = lower(loaded)
-        specs = input_specs(loaded.model)
-        dataset = open_calibration(calib, specs, data)
-        if len(dataset) == 0:
-            raise DataError("the calibration data holds no samples")
+        loaded, graph, specs, dataset = _load(model, calib, data)
     torch.manual_seed(config.seed)
     dev = pick_device(device)
     graph.to(dev)
@@ -304,12 +311,7 @@ def sensitivity(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset
     layer quantized, on ``config.sensitivity_samples`` calibration samples: what ``--avg-w-bits`` allocates
     by (:mod:`qdrop_onnx.mixed.sensitivity`). Layers ``config`` leaves in float are not measured."""
     config.validate()
-    loaded = load_model(model)
-    graph = lower(loaded)
-    specs = input_specs(loaded.model)
-    dataset = open_calibration(calib, specs, data)
-    if len(dataset) == 0:
-        raise DataError("the calibration data holds no samples")
+    loaded, graph, specs, dataset = _load(model, calib, data)
     by_name = {s.name: s for s in specs}
     samples = _load_samples(dataset, config.sensitivity_samples, [by_name[n] for n in graph.input_names])
     _check_finite(samples)
