@@ -279,6 +279,7 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     graph.to(dev)
     records: list[BlockRecord] = []
     allocation = None
+    plan = plan_quantization(graph, config)  # a model or rule it cannot plan fails before the data is read
     # The same large tensors are freed and allocated again at every step (recon.allocator); --release-memory
     # keeps glibc's defaults: a lower peak, twice the time where the step tensors are large.
     with reusing_freed_memory() if not config.release_memory else nullcontext():
@@ -287,7 +288,7 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
         if config.avg_w_bits is not None or config.size_kb is not None:
             with _stage(timings, "allocate"):
                 config, allocation = allocate_widths(graph, config, samples, dev, allocation_progress)
-        plan = plan_quantization(graph, config)
+            plan = plan_quantization(graph, config)
         sim = QuantSim(graph, plan, config)
         with _stage(timings, "calibrate"):
             calibrate(sim, samples, config, dev)
