@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from qdrop_onnx.errors import QdropError, UnsupportedModelError, first_line
+from qdrop_onnx.targets import TARGETS
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -488,7 +489,7 @@ def _parse_bounds(ctx: click.Context, param: click.Parameter, values: tuple[str,
 class QuantizeCommand(GroupedOptionsCommand):
     SECTIONS = (
         ("Input and output", ("calib", "output", "config_file", "report", "no_report")),
-        ("Quantization", ("w_bits", "a_bits", "method", "format", "weight_asymmetric", "quantize_first_last",
+        ("Quantization", ("w_bits", "a_bits", "method", "target", "format", "weight_asymmetric", "quantize_first_last",
                           "first_last_bits", "residual_bits", "embedding_bits", "exclude", "layers", "act_init",
                           "lp_norm", "reduce_range")),
         ("Mixed precision", ("avg_w_bits", "size_kb", "alloc_widths", "sensitivity_samples")),
@@ -578,7 +579,8 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
     w_hist = Counter(spec.bits for spec in plan.weights.values())
     a_hist = Counter(spec.bits for spec in plan.activations.values())
     click.echo(f"wrote {out}")
-    click.echo(f"  method {config.method}, format {config.format}, device {result.device}, {result.seconds:.1f} s, "
+    click.echo(f"  method {config.method}, target {config.target}, format {config.format}, device {result.device}, "
+               f"{result.seconds:.1f} s, "
                f"{result.calibration_samples} calibration samples")
     click.echo("  weights:     " + ", ".join(f"{n} layers at {b} bits" for b, n in sorted(w_hist.items()))
                + (f", {len(plan.excluded)} kept in float" if plan.excluded else ""))
@@ -608,8 +610,10 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
                    "model input), or .txt sentences with --tokenizer.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output file. [default: <model stem>.w{W}a{A}.onnx beside the model]")
-@click.option("--w", "w_bits", type=click.IntRange(2, 8), default=None, help="Weight bits (2-8). [default: 4]")
-@click.option("--a", "a_bits", type=click.IntRange(2, 8), default=None, help="Activation bits (2-8). [default: 4]")
+@click.option("--w", "w_bits", type=click.IntRange(2, 8), default=None,
+              help="Weight bits (2-8). [default: 4, or the --target's: 8 for tensorrt]")
+@click.option("--a", "a_bits", type=click.IntRange(2, 8), default=None,
+              help="Activation bits (2-8). [default: 4, or the --target's: 8 for tensorrt, openvino, qnn]")
 @click.option("--method", type=click.Choice(["rtn", "adaround", "brecq", "qdrop"]), default=None,
               help="rtn: round-to-nearest after the range search; adaround: learned rounding layer by layer; "
                    "brecq: block reconstruction of weights; qdrop: block reconstruction with activations "
@@ -636,9 +640,17 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
 @click.option("--cache-dir", type=click.Path(exists=True, file_okay=False, writable=True), default=None,
               help="Folder for the cache files past --max-cache-gb. [default: the system's temporary folder, "
                    "TMPDIR]")
+@click.option("--target", type=click.Choice(list(TARGETS)), default=None,
+              help="The runtime the file is for; it decides the grids: "
+                   + "; ".join(f"{name}: {p.runtime}, {'signed symmetric' if p.act_signed else 'unsigned'} A"
+                               f"{'/'.join(map(str, p.act_bits)) if len(p.act_bits) < 3 else '2-8'}, W"
+                               f"{'/'.join(map(str, p.w_bits)) if len(p.w_bits) < 3 else '2-8'}"
+                               f"{'' if p.int32_bias else ', float bias'}"
+                               for name, p in TARGETS.items())
+                   + ". A setting it cannot run is refused (exit 2). [default: ort_cpu]")
 @click.option("--format", "format", type=click.Choice(["int8", "native"]), default=None,
               help="int8: b-bit grids in 8-bit containers (integer kernels in ORT); native: INT4/INT2 types. "
-                   "[default: int8]")
+                   "[default: the target's: int8; native for qnn]")
 @click.option("--weight-asymmetric", is_flag=True, default=None, help="Asymmetric per-channel weights (the paper's).")
 @click.option("--quantize-first-last", is_flag=True, default=None,
               help="Quantize the first and last weighted layers at --w/--a too (default: 8-bit).")
@@ -733,6 +745,7 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
     from qdrop_onnx.quant.config import QuantConfig, read_config_file
     from qdrop_onnx.recon.checkpoint import CHECKPOINT_FILE, CheckpointError
     from qdrop_onnx.recon.policy import AUTO_MAX_ITERS
+    from qdrop_onnx.targets import TargetError
     from qdrop_onnx.verify.gate import GateError
     from qdrop_onnx.verify.report import json_safe, report_paths, write_report
 
@@ -741,7 +754,10 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
     # Per-layer rules add up: the config file's first, then --layer-bits (later rules win).
     flags["layers"] = [*settings.get("layers", []), *flags["layers"]] or None
     settings.update({k: v for k, v in flags.items() if v is not None})
-    config = QuantConfig.from_dict(settings, source=config_file or "flags").validate()
+    try:
+        config = QuantConfig.from_dict(settings, source=config_file or "flags").validate()
+    except TargetError as exc:
+        raise click.UsageError(str(exc)) from None
     out = Path(output) if output else default_output(model, config)
     if out.resolve() == Path(model).resolve():
         raise click.UsageError("--output is the input model; choose another path (the input is never overwritten)")
@@ -803,7 +819,7 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
     if json_out:
         cov = verification.coverage
         summary = {"output": str(out), "report": {k: str(v) for k, v in files.items()} if files else None,
-                   "method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits,
+                   "method": config.method, "target": config.target, "w_bits": config.w_bits, "a_bits": config.a_bits,
                    "format": config.format, "device": result.device, "seconds": round(result.seconds, 3),
                    "calibration_samples": result.calibration_samples, "blocks": len(result.blocks),
                    "input_bytes": Path(model).stat().st_size, "output_bytes": out.stat().st_size,

@@ -14,12 +14,22 @@ import numpy as np
 
 @dataclass
 class ActivationParams:
-    """Per-tensor quantization of an activation on the unsigned grid [0, 2^bits - 1]."""
+    """Per-tensor quantization of an activation on the grid [0, 2^bits - 1], or [-2^(bits-1), 2^(bits-1) - 1]
+    when ``signed``."""
 
     tensor: str
     bits: int
     scale: np.float32
     zero_point: int
+    signed: bool = False
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Bit widths → ONNX element types, for the two export formats.
 
-- ``int8``: every grid lives in an 8-bit container (INT8 weights, UINT8 activations). A b-bit activation
+- ``int8``: every grid lives in an 8-bit container (INT8 weights, UINT8 activations, or INT8 for a target's
+  signed activations). A b-bit activation
   grid (b < 8) is enforced with Q → DQ → Clip → Q → DQ: the Clip bounds are exact multiples of the scale,
   so the result equals b-bit fake quantization, and runtimes still fuse the convs into integer kernels.
 - ``native``: 4-bit grids as INT4/UINT4 (opset 21), 2-bit as INT2/UINT2 (opset 25); other widths as int8.
@@ -36,10 +37,10 @@ def weight_container(bits: int, fmt: str) -> Container:
     return Container(TensorProto.INT8, 8, 13)
 
 
-def activation_container(bits: int, fmt: str) -> Container:
+def activation_container(bits: int, fmt: str, signed: bool = False) -> Container:
     if fmt == "native" and bits in NATIVE_TYPES:
-        return Container(NATIVE_TYPES[bits][1], bits, NATIVE_TYPES[bits][2])
-    return Container(TensorProto.UINT8, 8, 13)
+        return Container(NATIVE_TYPES[bits][0 if signed else 1], bits, NATIVE_TYPES[bits][2])
+    return Container(TensorProto.INT8 if signed else TensorProto.UINT8, 8, 13)
 
 
 def int_tensor(name: str, values: np.ndarray, container: Container) -> TensorProto:

@@ -86,14 +86,14 @@ def _table_nodes(tp: TableParams, gather: onnx.NodeProto) -> tuple[list[TensorPr
 
 def activation_output(ap: ActivationParams, fmt: str) -> str:
     """The name consumers of ``ap.tensor`` read after export (its dequantized value)."""
-    grid = ap.bits < activation_container(ap.bits, fmt).bits
+    grid = ap.bits < activation_container(ap.bits, fmt, ap.signed).bits
     return f"{ap.tensor}/grid_dequantized" if grid else f"{ap.tensor}/dequantized"
 
 
 def _grid_range(ap: ActivationParams) -> tuple[np.float32, np.float32]:
     """The smallest and largest value of ``ap``'s b-bit grid (both grid points)."""
-    lo = np.float32(np.float32(0 - ap.zero_point) * ap.scale)
-    hi = np.float32(np.float32(2**ap.bits - 1 - ap.zero_point) * ap.scale)
+    lo = np.float32(np.float32(ap.qmin - ap.zero_point) * ap.scale)
+    hi = np.float32(np.float32(ap.qmax - ap.zero_point) * ap.scale)
     return lo, hi
 
 
@@ -105,7 +105,7 @@ def _activation_nodes(ap: ActivationParams, fmt: str, clip: ClipBounds | None = 
     input and the grid's own saturation applies the Clip's range: the same values, without a float Clip
     between the producer and its Q.
     """
-    container = activation_container(ap.bits, fmt)
+    container = activation_container(ap.bits, fmt, ap.signed)
     t = ap.tensor
     scale, zp = f"{t}/scale", f"{t}/zero_point"
     inits = [_float(scale, ap.scale), int_tensor(zp, np.asarray(ap.zero_point), container)]
@@ -161,7 +161,7 @@ def _absorbable_clip(clip: onnx.NodeProto, ap: ActivationParams, fmt: str, const
     if low is None or high is None or not low <= high:
         return None
     lo, hi = _grid_range(ap)
-    grid_clip = ap.bits < activation_container(ap.bits, fmt).bits
+    grid_clip = ap.bits < activation_container(ap.bits, fmt, ap.signed).bits
     if grid_clip or (ap.bits < 8 and low <= lo and hi <= high):
         return ClipBounds(clip.name, clip.input[0], low, high)
     return None
@@ -187,7 +187,7 @@ def _min_max(clip: onnx.NodeProto) -> list[onnx.NodeProto]:
 
 def _required_opset(params: QuantParams, fmt: str) -> int:
     needs = [weight_container(w.bits, fmt).min_opset for w in params.weights.values()]
-    needs += [activation_container(a.bits, fmt).min_opset for a in params.activations.values()]
+    needs += [activation_container(a.bits, fmt, a.signed).min_opset for a in params.activations.values()]
     return max(needs, default=13)
 
 
@@ -244,7 +244,7 @@ def build_qdq_model(model: onnx.ModelProto, params: QuantParams, fmt: str = "int
             clip = _absorbable_clip(node, ap, fmt, constants, quantized, outputs)
             if clip is not None:
                 absorbed.add(clip.node)
-            elif activation_container(ap.bits, fmt).bits < 8:
+            elif activation_container(ap.bits, fmt, ap.signed).bits < 8:
                 split.add(node.name)
         inits, nodes, final = _activation_nodes(ap, fmt, clip)
         graph.initializer.extend(inits)

@@ -107,19 +107,25 @@ class RangeObserver:
 
 
 class ActivationQuantizer(nn.Module):
-    """Fake-quantizes a tensor on an unsigned b-bit grid with one learnable scale (LSQ-ready).
+    """Fake-quantizes a tensor on a b-bit grid with one learnable scale (LSQ-ready).
 
-    The zero point is 0 for tensors known to be non-negative (after Relu, Clip >= 0, ...), otherwise it
-    is chosen at initialisation and then fixed. ``enabled`` switches quantization off (identity), which
+    Unsigned by default: the zero point is 0 for tensors known to be non-negative (after Relu, Clip >= 0,
+    ...), otherwise it is chosen at initialisation and then fixed. ``signed`` and ``symmetric`` (TensorRT's
+    int8): the grid is [-2^(b-1), 2^(b-1)-1] with zero point 0 for every tensor, the scale max|x| / qmax.
+    ``enabled`` switches quantization off (identity), which
     calibration uses; ``drop_prob`` > 0 is QDrop's element-wise random dropping, on only while a block is
     reconstructed.
     """
 
-    def __init__(self, bits: int, nonnegative: bool, init: str = "mse", p: float = 2.4, seed: int = 0) -> None:
+    def __init__(self, bits: int, nonnegative: bool, init: str = "mse", p: float = 2.4, seed: int = 0,
+                 signed: bool = False, symmetric: bool = False) -> None:
         super().__init__()
         if init not in INIT_METHODS:
             raise ValueError(f"activation init must be one of {INIT_METHODS}, got {init!r}")
-        self.grid = IntGrid(bits, signed=False)
+        if signed != symmetric:
+            raise ValueError("activation grids are unsigned (zero point from the range) or signed symmetric")
+        self.grid = IntGrid(bits, signed=signed)
+        self.symmetric = symmetric
         self.nonnegative = nonnegative
         self.init = init
         self.p = p
@@ -162,6 +168,10 @@ class ActivationQuantizer(nn.Module):
         self._set_range(lo, hi)
 
     def _scale_zp(self, lo: float, hi: float) -> tuple[float, float]:
+        if self.symmetric:
+            absmax = max(-lo, hi)
+            scale = float(torch.tensor(absmax / self.grid.qmax if absmax > 0 else 1.0, dtype=torch.float32))
+            return scale, 0.0
         span = hi - lo
         scale = span / (self.grid.qmax - self.grid.qmin) if span > 0 else 1.0
         scale = float(torch.tensor(scale, dtype=torch.float32))
@@ -185,5 +195,5 @@ class ActivationQuantizer(nn.Module):
         self.zero_point = torch.tensor(zp, dtype=torch.float32, device=self.scale.device)
 
     def extra_repr(self) -> str:
-        kind = "unsigned" if self.nonnegative else "asymmetric"
+        kind = "signed symmetric" if self.symmetric else "unsigned" if self.nonnegative else "asymmetric"
         return f"bits={self.grid.bits}, {kind}, scale={float(self.scale):.6g}, zero_point={int(self.zero_point)}"

@@ -73,7 +73,8 @@ class QuantConfig:
     w_bits: int = 4
     a_bits: int = 4
     method: str = "qdrop"
-    format: str = "int8"
+    target: str = "ort_cpu"  # the runtime the file is for (qdrop_onnx.targets); its profile decides the grids
+    format: str | None = None  # None: the target's default_format (validate fills it in)
     weight_asymmetric: bool = False
     first_last_bits: int = 8
     quantize_first_last: bool = False
@@ -103,12 +104,16 @@ class QuantConfig:
     release_memory: bool = False  # True: glibc's own malloc settings (lower peak RSS, slower; recon.allocator)
 
     def validate(self) -> QuantConfig:
+        """Check every value (:class:`ConfigError`; a setting the target cannot run is a
+        :class:`~qdrop_onnx.targets.TargetError`) and fill in what the target decides (``format``)."""
+        from qdrop_onnx.targets import get_target
+
         for name in ("w_bits", "a_bits", "first_last_bits", "residual_bits", "embedding_bits"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 2 <= value <= 8:
                 raise ConfigError(f"{flag_name(name)} must be an integer bit width from 2 to 8, got {value!r}")
         for name, allowed in (("method", METHODS), ("format", FORMATS), ("act_init", ACT_INITS)):
-            if getattr(self, name) not in allowed:
+            if getattr(self, name) not in allowed and not (name == "format" and self.format is None):
                 raise ConfigError(f"{flag_name(name)} must be one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
         if not 0.0 <= self.drop_prob <= 1.0:
@@ -153,6 +158,10 @@ class QuantConfig:
                 if bits is not None and (not isinstance(bits, int) or not 2 <= bits <= 8):
                     raise ConfigError(f"{rule.source or rule.pattern}: bit widths are integers from 2 to 8, "
                                       f"got {bits!r}")
+        profile = get_target(self.target)
+        profile.check(self)
+        if self.format is None:
+            self.format = profile.default_format
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +169,8 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> QuantConfig:
+        """The configuration ``values`` give (QuantConfig field names); where they name a ``target`` but no
+        ``w_bits``/``a_bits``, the target's default widths."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -175,6 +186,12 @@ class QuantConfig:
                 raise ConfigError(f"{source}: layers[{i}] must be a table (pattern = ..., w_bits = ...)")
             rules.append(r if isinstance(r, LayerRule) else LayerRule.from_table(r, i))
         values = {**values, "layers": rules}
+        if "target" in values:  # the target's widths where none is given (TensorRT: W8A8)
+            from qdrop_onnx.targets import get_target
+
+            profile = get_target(values["target"])
+            values.setdefault("w_bits", profile.default_w_bits)
+            values.setdefault("a_bits", profile.default_a_bits)
         return cls(**values)
 
 

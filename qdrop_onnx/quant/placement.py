@@ -14,8 +14,10 @@
 - Embedding tables (Gather from a constant float table by run-time ids) per row at ``embedding_bits``
   (default 8, the E8 of the QDrop paper's BERT setting), round to nearest: they are not learned (a
   calibration set touches a small part of a 30k-row vocabulary).
-- Bias of Conv/Gemm becomes int32 (scale = input scale x weight scale) so runtimes can fuse integer kernels.
-- Unsigned grids (zero point 0) for tensors that are provably non-negative.
+- Bias of Conv/Gemm becomes int32 (scale = input scale x weight scale) so runtimes can fuse integer kernels,
+  where the target wants it (TensorRT keeps biases float).
+- Activation grids as the target's profile says (qdrop_onnx.targets): for ONNX Runtime unsigned, with zero
+  point 0 for tensors that are provably non-negative; for TensorRT signed and symmetric everywhere.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 
 from qdrop_onnx.graph.lower import OnnxGraphModule
 from qdrop_onnx.quant.config import ConfigError, LayerRule, QuantConfig
+from qdrop_onnx.targets import get_target
 
 log = logging.getLogger("qdrop_onnx")
 
@@ -50,10 +53,15 @@ class WeightSpec:
 
 @dataclass(frozen=True)
 class ActivationSpec:
+    """One activation quantizer: ``signed`` grid (INT8 container) or unsigned; ``symmetric``: zero point 0
+    whatever the range (else 0 only where ``nonnegative``)."""
+
     tensor: str
     bits: int
     nonnegative: bool
     reason: str
+    signed: bool = False
+    symmetric: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,7 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
     excluded = list(config.exclude) + [ln.name for ln in weighted if ln.name not in config.exclude
                                        and overrides.get(ln.name, {}).get("exclude")]
     plan = QuantPlan(first=weighted[0].name, last=weighted[-1].name, excluded=excluded)
+    target = get_target(config.target)
     nonneg = nonnegative_tensors(graph)
 
     act_bits: dict[str, int] = {}
@@ -168,7 +177,7 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
         symmetric = rule.get("symmetric", default_weight_symmetric(config, bits))
         plan.weights[ln.name] = WeightSpec(
             node=ln.name, op_type=ln.node.op_type, bits=bits, symmetric=symmetric, channel_axis=module.channel_axis,
-            input=data_input, quantize_bias=has_bias and ln.node.op_type in ("Conv", "Gemm"),
+            input=data_input, quantize_bias=target.int32_bias and has_bias and ln.node.op_type in ("Conv", "Gemm"),
             rule=rule.get("source"), width_from=width_from)
 
     consumers: dict[str, list[str]] = {}
@@ -225,5 +234,6 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
     for tensor, bits in act_bits.items():
         if tensor in side:  # masks and position ids keep their values (and dtype)
             continue
-        plan.activations[tensor] = ActivationSpec(tensor, bits, tensor in nonneg, reasons[tensor])
+        plan.activations[tensor] = ActivationSpec(tensor, bits, tensor in nonneg, reasons[tensor],
+                                                  signed=target.act_signed, symmetric=target.act_symmetric)
     return plan

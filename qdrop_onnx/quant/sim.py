@@ -69,7 +69,7 @@ class QuantSim:
         self.config = config
         self.acts: dict[str, ActivationQuantizer] = {
             spec.tensor: ActivationQuantizer(spec.bits, spec.nonnegative, config.act_init, config.lp_norm,
-                                             seed=config.seed + i)
+                                             seed=config.seed + i, signed=spec.signed, symmetric=spec.symmetric)
             for i, spec in enumerate(plan.activations.values())
         }
         graph.set_tensor_modules(dict(self.acts))
@@ -142,7 +142,7 @@ class QuantSim:
         params = QuantParams()
         for tensor, q in self.acts.items():
             params.activations[tensor] = ActivationParams(tensor, q.grid.bits, np.float32(q.scale.detach().cpu()),
-                                                          int(q.zero_point))
+                                                          int(q.zero_point), signed=q.grid.signed)
         for name, quantizer in self.weights.items():
             op = self.graph.op(name)
             spec = self.plan.weights[name]

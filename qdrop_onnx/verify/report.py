@@ -139,7 +139,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     settings = [["input", f"`{data['input']['path']}` ({data['input']['bytes'] / 2**20:.2f} MB)"],
                 ["output", f"`{data['output']['path']}` ({data['output']['bytes'] / 2**20:.2f} MB)"],
                 ["method", cfg["method"]], ["bits", f"W{cfg['w_bits']}A{cfg['a_bits']}"],
-                ["format", cfg["format"]], ["device", cfg.get("device", "cpu")],
+                ["target", cfg.get("target", "ort_cpu")], ["format", cfg["format"]],
+                ["device", cfg.get("device", "cpu")],
                 ["calibration samples", str(data["calibration_samples"])],
                 ["iterations per block", str(cfg["iters"]) if cfg["method"] != "rtn" else "-"],
                 ["wall time", f"{data['seconds']:.1f} s"]]

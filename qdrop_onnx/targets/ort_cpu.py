@@ -1,0 +1,14 @@
+"""ONNX Runtime's CPU execution provider (the default target).
+
+Its QDQ fusions (DQ -> Conv -> Q into QLinearConv, DQ -> MatMul -> Q into QLinearMatMul, ...) run UINT8
+activations with any zero point against INT8 weights with equal per-channel zero points (symmetric here
+below 8 bits only on request: ``--weight-asymmetric``; placement keeps 8-bit weights symmetric). Grids below
+8 bits live in 8-bit containers (``int8``) or in INT4/INT2 types (``native``, which ORT 1.32 runs in float).
+"""
+
+from qdrop_onnx.targets.profile import TargetProfile
+
+PROFILE = TargetProfile(
+    name="ort_cpu", runtime="ONNX Runtime, CPU execution provider",
+    act_signed=False, act_symmetric=False, act_bits=(2, 3, 4, 5, 6, 7, 8), w_bits=(2, 3, 4, 5, 6, 7, 8),
+    weight_symmetric=False, int32_bias=True, formats=("int8", "native"), default_format="int8")
