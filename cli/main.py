@@ -337,36 +337,41 @@ def _echo_plan(graph: Any) -> None:
 @click.option("--reference", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A float model to compare MODEL with (MODEL may come from any quantizer): prints float vs "
                    "quantized accuracy (with labels), top-1 agreement, output SQNR and integer-kernel coverage.")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
+              help="Where MODEL runs: onnxruntime, or OpenVINO's CPU plugin (needs the openvino package; its "
+                   "integer kernels are the layers it executed in int8).")
 @_text_options
 def eval_cmd(model: str, data: str, preset: str | None, classes: str | None,
              mean: tuple[float, float, float] | None, std: tuple[float, float, float] | None,
              size: tuple[int, int] | None, resize: int | None, batch_size: int, limit: int | None,
-             device: str, reference: str | None, tokenizer: str | None, max_length: int) -> None:
-    """Top-1 / top-5 accuracy of MODEL in ONNX Runtime on a labeled image folder.
+             device: str, reference: str | None, runtime: str, tokenizer: str | None, max_length: int) -> None:
+    """Top-1 / top-5 accuracy of MODEL in ONNX Runtime (or --runtime openvino) on a labeled image folder.
 
     With --reference FP.onnx: the verification table of MODEL against FP.onnx (any data; accuracy rows
     need class folders).
     """
     from qdrop_onnx.data import input_specs
     from qdrop_onnx.graph.load import load_model
-    from qdrop_onnx.verify import evaluate_classification, make_session
+    from qdrop_onnx.verify import evaluate_classification
     from qdrop_onnx.verify.evaluate import output_classes, warn_if_near_chance
+    from qdrop_onnx.verify.runtimes import open_session
 
     options = _data_options(preset, mean, std, size, resize, tokenizer, max_length, data)
     # Validate with the same checks as quantize (checker, readable protobuf), but run the user's file.
     spec = input_specs(load_model(model, simplify=False).model)
     dataset = options.open(data, spec, classes=classes)
     if reference is not None:
-        _compare(reference, model, dataset, spec, data, batch_size, limit, device)
+        _compare(reference, model, dataset, spec, data, batch_size, limit, device, runtime)
         return
-    session = make_session(model, device=device)
+    session = open_session(model, runtime, device=device)
     result = evaluate_classification(session, dataset, spec, batch_size=batch_size, limit=limit)
     warn_if_near_chance(result.top1, output_classes(load_model(model, simplify=False).model), data, who=model)
     click.echo(f"model:  {model}")
     click.echo(f"data:   {data} ({result.count} images)")
     click.echo(f"top-1:  {result.top1:.2f} %")
     click.echo(f"top-5:  {result.top5:.2f} %")
-    click.echo(f"time:   {result.seconds:.1f} s ({session.get_providers()[0]})")
+    where = session.get_providers()[0] if runtime == "onnxruntime" else "OpenVINO CPU"
+    click.echo(f"time:   {result.seconds:.1f} s ({where})")
 
 
 def _echo_verification_table(verification: dict[str, Any], coverage: Any) -> None:
@@ -381,12 +386,12 @@ def _echo_verification_table(verification: dict[str, Any], coverage: Any) -> Non
 
 
 def _compare(reference: str, model: str, dataset: Any, spec: Any, data: str, batch_size: int,
-             limit: int | None, device: str) -> None:
+             limit: int | None, device: str, runtime: str) -> None:
     from qdrop_onnx.data import input_specs
     from qdrop_onnx.graph.load import load_model
     from qdrop_onnx.verify.compare import compare_models
-    from qdrop_onnx.verify.coverage import integer_kernel_coverage
     from qdrop_onnx.verify.evaluate import output_classes, warn_if_near_chance
+    from qdrop_onnx.verify.runtimes import runtime_coverage
 
     def described(specs: Any) -> str:
         return ", ".join(f"{s.name} {s.dims}" for s in specs)
@@ -395,13 +400,14 @@ def _compare(reference: str, model: str, dataset: Any, spec: Any, data: str, bat
     if [(s.name, s.dims[1:]) for s in ref_spec] != [(s.name, s.dims[1:]) for s in spec]:
         raise click.UsageError(f"--reference takes input {described(ref_spec)}, MODEL takes {described(spec)}: "
                                "not the same model")
-    result = compare_models(reference, model, dataset, spec, batch_size=batch_size, limit=limit, device=device)
+    result = compare_models(reference, model, dataset, spec, batch_size=batch_size, limit=limit, device=device,
+                            runtime=runtime)
     warn_if_near_chance(result.reference_top1, output_classes(load_model(reference, simplify=False).model), data)
-    coverage = integer_kernel_coverage(model)
+    coverage = runtime_coverage(model, runtime)
     click.echo(f"model:      {model} ({_size_mb(model):.2f} MB)")
     click.echo(f"reference:  {reference} ({_size_mb(reference):.2f} MB)")
     click.echo(f"data:       {data} ({result.count} samples)")
-    _echo_verification_table(result.to_dict(), coverage)
+    _echo_verification_table({**result.to_dict(), "runtime": runtime}, coverage)
 
 
 def _data_options(preset: str | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
@@ -597,7 +603,8 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
                    f"({alloc.seconds:.1f} s)")
     if verification is not None:
         cmp = verification.comparison
-        click.echo(f"verification in ONNX Runtime on {cmp.count} samples of {verification.data}:")
+        where = "ONNX Runtime" if verification.runtime == "onnxruntime" else "OpenVINO"
+        click.echo(f"verification in {where} on {cmp.count} samples of {verification.data}:")
         _echo_verification_table(verification.to_dict(), verification.coverage)
     if report_files:
         click.echo("report: " + ", ".join(str(p) for p in report_files.values()))

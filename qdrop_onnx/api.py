@@ -41,10 +41,12 @@ from qdrop_onnx.recon.checkpoint import (
 )
 from qdrop_onnx.recon.policy import recon_config
 from qdrop_onnx.recon.run import DoneCallback, StepCallback
+from qdrop_onnx.targets import get_target
 from qdrop_onnx.verify.compare import Comparison, compare_models, sqnr_db
-from qdrop_onnx.verify.coverage import KernelCoverage, integer_kernel_coverage
+from qdrop_onnx.verify.coverage import KernelCoverage
 from qdrop_onnx.verify.evaluate import output_classes, warn_if_near_chance
 from qdrop_onnx.verify.report import QuantReport
+from qdrop_onnx.verify.runtimes import runtime_coverage
 
 log = logging.getLogger("qdrop_onnx")
 
@@ -324,26 +326,30 @@ def sensitivity(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset
 
 @dataclass
 class Verification:
-    """FP vs quantized in ONNX Runtime (:class:`Comparison`) and where the samples came from."""
+    """FP vs quantized in ``runtime`` (:class:`Comparison`), where the samples came from, and the integer
+    kernels that runtime executed."""
 
     comparison: Comparison
     data: str
     held_out: bool
     coverage: KernelCoverage | None = None
+    runtime: str = "onnxruntime"
 
     def to_dict(self) -> dict[str, object]:
-        return {**self.comparison.to_dict(), "data": self.data, "held_out": self.held_out}
+        return {**self.comparison.to_dict(), "data": self.data, "held_out": self.held_out, "runtime": self.runtime}
 
 
 def verify(result: QuantResult, reference: str | Path, eval_data: str | Path | None = None, *,
            data: DataOptions | None = None, classes: str | Path | None = None, limit: int | None = 1000,
-           device: str = "cpu") -> Verification:
-    """Compare the written file with the float ``reference`` model in ONNX Runtime.
+           device: str = "cpu", runtime: str | None = None) -> Verification:
+    """Compare the written file with the float ``reference`` model in ``runtime`` (None: the one the
+    target's profile names, ONNX Runtime or OpenVINO).
 
     On ``eval_data`` when given (accuracy when it has class folders); otherwise on calibration samples
     that quantization did not use, or, when it used them all, on those (``held_out`` False). Counts the
-    integer kernels ORT runs too. At most ``limit`` samples (None: all).
+    integer kernels the runtime runs too. At most ``limit`` samples (None: all).
     """
+    runtime = runtime or get_target(result.config.target).verifier
     if result.output is None:
         raise ValueError("verify() needs a written model (quantize(..., output=...))")
     spec = input_specs(result.model)
@@ -364,16 +370,18 @@ def verify(result: QuantResult, reference: str | Path, eval_data: str | Path | N
         # Evenly spaced, not the first N: folders sorted by class would otherwise give one class only.
         dataset = dataset.subset(np.linspace(0, len(dataset) - 1, limit).round().astype(int).tolist())
     try:
-        comparison = compare_models(reference, result.output, dataset, spec, limit=limit, device=device)
+        comparison = compare_models(reference, result.output, dataset, spec, limit=limit, device=device,
+                                    runtime=runtime)
     except DataError:
         if not held_out or result.calibration_data is None:
             raise
         # The unused samples were all unreadable: fall back to the calibration samples.
         dataset, source, held_out = result.calibration_data, "calibration data", False
-        comparison = compare_models(reference, result.output, dataset, spec, limit=limit, device=device)
+        comparison = compare_models(reference, result.output, dataset, spec, limit=limit, device=device,
+                                    runtime=runtime)
     warn_if_near_chance(comparison.reference_top1, output_classes(result.model), source)
-    coverage = integer_kernel_coverage(result.output)
-    return Verification(comparison, source, held_out, coverage)
+    coverage = runtime_coverage(result.output, runtime)
+    return Verification(comparison, source, held_out, coverage, runtime)
 
 
 def weight_sqnr(result: QuantResult) -> dict[str, float]:

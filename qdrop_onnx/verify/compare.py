@@ -1,4 +1,4 @@
-"""Run a reference (float) and a quantized model side by side in ONNX Runtime on the same inputs.
+"""Run a reference (float) and a quantized model side by side in one runtime on the same inputs.
 
 What a user needs to trust a quantized file, by the kind of its first output: for class logits the
 accuracy next to the float model's when the data has labels and how often the two agree on the top-1
@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from qdrop_onnx.data.spec import POSITION_MASK, Dataset, InputSpec, as_specs, batch_size_of, fixed_batch
 from qdrop_onnx.errors import DataError
-from qdrop_onnx.verify.evaluate import make_session, run_outputs
+from qdrop_onnx.verify.evaluate import run_outputs
+from qdrop_onnx.verify.runtimes import open_session
 
 # What the first model output is, which decides the metrics that mean something for it:
 # "classes" [N, C] logits (top-1/top-5 with labels, top-1 agreement); "sequence" [N, T, D] hidden states with an
@@ -172,14 +172,14 @@ class _OutputComparison:
                           100.0 * self.pixels_agreeing / self.pixels if self.pixels else None, iou, name)
 
 
-def compare_models(reference: str | Path | ort.InferenceSession, quantized: str | Path | ort.InferenceSession,
+def compare_models(reference: str | Path | Any, quantized: str | Path | Any,
                    dataset: Dataset, spec: InputSpec | Sequence[InputSpec], *, batch_size: int = 64,
-                   limit: int | None = None,
-                   device: str = "cpu") -> Comparison:
+                   limit: int | None = None, device: str = "cpu", runtime: str = "onnxruntime") -> Comparison:
     """Evaluate both models on ``dataset`` and compare them, every output by its kind: the first output's
-    comparison, with the others' in ``outputs`` (labels score the first output only)."""
-    ref = reference if isinstance(reference, ort.InferenceSession) else make_session(reference, device=device)
-    qnt = quantized if isinstance(quantized, ort.InferenceSession) else make_session(quantized, device=device)
+    comparison, with the others' in ``outputs`` (labels score the first output only). Each model is a path
+    (opened in ``runtime``, see :mod:`qdrop_onnx.verify.runtimes`) or an open session."""
+    ref = open_session(reference, runtime, device=device) if isinstance(reference, str | Path) else reference
+    qnt = open_session(quantized, runtime, device=device) if isinstance(quantized, str | Path) else quantized
     labeled = dataset.labels is not None
     batch_size = fixed_batch(as_specs(spec)) or batch_size
     names = [o.name for o in ref.get_outputs()]

@@ -15,9 +15,11 @@ JSON fields (all present; ``null`` where not measured):
   blocks                            per reconstructed block: index, name, kind, loss_before (RTN),
                                     loss_after, seconds, undecided (fraction of soft roundings),
                                     kept_rtn (true: learning ended above the RTN loss, RTN was kept)
-  verification                      FP vs quantized in ONNX Runtime (verify.compare.Comparison fields) plus
-                                    data (path) and held_out (false: the calibration samples themselves)
-  coverage                          integer vs float weighted kernels after ORT's optimizer
+  verification                      FP vs quantized (verify.compare.Comparison fields) plus data (path),
+                                    held_out (false: the calibration samples themselves) and runtime
+                                    (onnxruntime, or openvino for --target openvino)
+  coverage                          integer vs float weighted kernels: after ORT's optimizer, or as
+                                    OpenVINO executed them (each layer's runtime precision)
   allocation                        mixed precision (a budget set): budget, widths {node: bits}, average_bits,
                                     weight_kb, error (summed sensitivity), seconds, and the sensitivity table
                                     (per layer: node, op_type, params, error {bits: value}, fixed)
@@ -97,7 +99,8 @@ def verification_rows(verification: dict[str, Any]) -> list[tuple[str, str, str]
     """(metric, reference, quantized) rows of the verification table (shared by the CLI and Markdown); a
     model's further outputs follow, each metric prefixed by the output's name."""
     rows = _output_rows(verification)
-    rows.append(("ORT time", _fmt(verification["reference_seconds"], ".2f", " s"),
+    where = "OpenVINO" if verification.get("runtime") == "openvino" else "ORT"
+    rows.append((f"{where} time", _fmt(verification["reference_seconds"], ".2f", " s"),
                  _fmt(verification["quantized_seconds"], ".2f", " s")))
     for other in verification.get("outputs", []):
         rows += [(f"{other['output']}: {metric}", ref, q) for metric, ref, q in _output_rows(other)]
@@ -148,7 +151,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     if data["verification"]:
         ver = data["verification"]
         held = "held-out data" if ver.get("held_out") else "the calibration samples (no held-out data given)"
-        out += [f"## Verification in ONNX Runtime\n\n{ver['count']} samples from `{ver.get('data')}` ({held}).\n",
+        where = "OpenVINO" if ver.get("runtime") == "openvino" else "ONNX Runtime"
+        out += [f"## Verification in {where}\n\n{ver['count']} samples from `{ver.get('data')}` ({held}).\n",
                 _table(["metric", "float model", "quantized"], [list(r) for r in verification_rows(ver)])]
     if data["coverage"]:
         cov = data["coverage"]
