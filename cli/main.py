@@ -158,6 +158,24 @@ def _image_options(command: Any) -> Any:
     return command
 
 
+@cli.command(name="targets")
+def targets_cmd() -> None:
+    """The deployment targets `quantize --target` takes: the grids and widths each one's file uses."""
+    rows = [("target", "runtime", "activations", "weights", "bias", "formats", "default", "verified in")]
+    for name, p in TARGETS.items():
+        def widths(bits: tuple[int, ...]) -> str:
+            return f"{min(bits)}-{max(bits)}" if len(bits) > 2 else "/".join(map(str, bits))
+
+        acts = f"{'INT8 symmetric' if p.act_signed else 'UINT8'}, {widths(p.act_bits)} bits"
+        weights = f"INT8{'/INT4' if p.default_format == 'native' else ''} {'symmetric' if p.weight_symmetric else ''}"
+        rows.append((name, p.runtime, acts, f"{weights.strip()} per channel, {widths(p.w_bits)} bits",
+                     "int32" if p.int32_bias else "float", "/".join(p.formats),
+                     f"W{p.default_w_bits}A{p.default_a_bits} {p.default_format}", p.verifier))
+    sizes = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(size) for cell, size in zip(row, sizes, strict=True)).rstrip())
+
+
 @cli.command()
 @_model_arg
 @click.option("--max-block-weights", default=8, show_default=True,

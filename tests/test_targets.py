@@ -126,3 +126,10 @@ def test_flags_still_override_the_targets_defaults() -> None:
     assert (config.w_bits, config.a_bits, config.format) == (8, 8, "int8")
     assert QuantConfig.from_dict({"target": "qnn"}).validate().format == "native"
     assert QuantConfig().validate().format == "int8" and QuantConfig().target == "ort_cpu"
+
+
+def test_readme_targets_table_is_what_the_command_prints() -> None:
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "targets"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("target ")
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "```\n" + proc.stdout + "```" in readme
