@@ -173,3 +173,32 @@ def tiny_token_encoder(seed: int = 0, vocab: int = 20, dim: int = 8) -> tuple[on
             d.Clear()
             d.dim_param = name
     return model, feeds
+
+
+def keras_style_cnn(seed: int = 0, groups: int = 1) -> tuple[onnx.ModelProto, np.ndarray]:
+    """Conv(valid) -> ReLU -> BatchNorm, four times (the third grouped by ``groups``), then GlobalAveragePool
+    -> Flatten -> Gemm: the BN after the activation, as Keras models put it, with no padding anywhere."""
+    rng = np.random.RandomState(seed)
+    N = helper.make_node
+    consts: dict[str, np.ndarray] = {}
+    nodes = []
+    x, channels = "x", 3
+    for i, (out, group) in enumerate([(8, 1), (8, 1), (8, groups), (16, 1)]):
+        consts[f"w{i}"] = rng.randn(out, channels // group, 3, 3).astype(np.float32) * 0.4
+        consts[f"b{i}"] = rng.randn(out).astype(np.float32) * 0.1
+        for k, (lo, hi) in {"s": (0.5, 1.5), "t": (-0.3, 0.3), "m": (-0.2, 0.2), "v": (0.5, 1.5)}.items():
+            consts[f"bn{i}_{k}"] = rng.uniform(lo, hi, out).astype(np.float32)
+        nodes += [N("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], group=group, name=f"conv{i}"),
+                  N("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"),
+                  N("BatchNormalization", [f"r{i}"] + [f"bn{i}_{k}" for k in "stmv"], [f"n{i}"], name=f"bn{i}")]
+        x, channels = f"n{i}", out
+    consts["fc"] = rng.randn(10, 16).astype(np.float32) * 0.3
+    consts["fc_b"] = rng.randn(10).astype(np.float32) * 0.1
+    nodes += [N("GlobalAveragePool", [x], ["g"], name="gap"), N("Flatten", ["g"], ["f"], name="flatten"),
+              N("Gemm", ["f", "fc", "fc_b"], ["logits"], transB=1, name="fc")]
+    xs = rng.randn(4, 3, 16, 16).astype(np.float32)
+    model = make_model(nodes, {"x": xs}, ["logits"], consts)
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_param = "N"
+    return model, xs

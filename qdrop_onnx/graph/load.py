@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from qdrop_onnx.errors import ModelLoadError, first_line
 
@@ -125,7 +125,7 @@ def _load_model(source: str | Path | onnx.ModelProto, simplify: bool,
 
     warnings: list[str] = []
     _name_nodes(model)
-    folded = fold_batchnorm_into_conv(model)
+    folded = fold_batchnorm_into_conv(model) + fold_batchnorm_into_consumers(model)
     simplified = False
     if simplify:
         model, simplified, warning = _simplify(model, simplifier)
@@ -282,6 +282,130 @@ def fold_batchnorm_into_conv(model: onnx.ModelProto) -> int:
         graph.node.extend(keep)
         _drop_unused_initializers(model)
     return folded
+
+
+def _bn_affine(bn: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[np.ndarray, np.ndarray] | None:
+    """An inference BatchNormalization as y = s * x + t per channel (float64), or None when it is not one."""
+    if len(bn.output) != 1 or any(a.name == "training_mode" and a.i for a in bn.attribute):
+        return None
+    if not all(name in inits for name in bn.input[1:5]):
+        return None
+    eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+    scale, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
+    s = scale / np.sqrt(var + eps)
+    return s, beta - mean * s
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _unpadded_conv(node: onnx.NodeProto, tensor: str, inits: dict[str, onnx.TensorProto]) -> bool:
+    """A Conv reading ``tensor`` as its data input with a constant weight and no padding at all."""
+    if node.op_type != "Conv" or node.input[0] != tensor or node.input[1] not in inits:
+        return False
+    if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
+        return False
+    pads = list(_attr(node, "pads", []))  # type: ignore[call-overload]
+    auto_pad = _attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    return not any(pads) and auto_pad in ("NOTSET", "VALID")
+
+
+def _pooled_gemm(tensor: str, inits: dict[str, onnx.TensorProto],
+                 consumers: dict[str, list[onnx.NodeProto]]) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
+    """``tensor`` -> GlobalAveragePool -> Flatten -> Gemm (constant B and C, alpha = beta = 1), each feeding
+    only the next: the path a per-channel affine passes through unchanged into the Gemm's input columns."""
+    path: list[onnx.NodeProto] = []
+    current = tensor
+    for op in ("GlobalAveragePool", "Flatten", "Gemm"):
+        users = consumers.get(current, [])
+        if len(users) != 1 or users[0].op_type != op or users[0].input[0] != current:
+            return None
+        path.append(users[0])
+        current = users[0].output[0]
+    gemm = path[-1]
+    if _attr(path[1], "axis", 1) != 1 or _attr(gemm, "transA", 0) or gemm.input[1] not in inits:
+        return None
+    if _attr(gemm, "alpha", 1.0) != 1.0 or _attr(gemm, "beta", 1.0) != 1.0:
+        return None
+    if len(gemm.input) > 2 and gemm.input[2] and gemm.input[2] not in inits:
+        return None
+    return path[:-1], gemm
+
+
+def fold_batchnorm_into_consumers(model: onnx.ModelProto) -> int:
+    """Fold an inference BatchNormalization that no Conv precedes (Conv -> ReLU -> BN, Keras-style) into
+    what reads it, where that is exact: Convs without padding (zero padding of BN(x) is not BN of zero
+    padding), or GlobalAveragePool -> Flatten -> Gemm (the mean of s * x + t is s * mean(x) + t).
+
+    Why: left in the graph, the BN sits between the ReLU and the next layer, so the ReLU's output is not
+    what the next weighted op reads, carries no quantizer, and ONNX Runtime runs the conv before it in float
+    (a Keras-style CNN ran 3 of 9 weighted ops on integers). Every reader must fold; the BN output must not be
+    a graph output. Returns how many BN nodes were removed. Works in place.
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    removed: set[str] = set()
+    for bn in list(graph.node):
+        if bn.op_type != "BatchNormalization" or bn.output[0] in outputs:
+            continue
+        affine = _bn_affine(bn, inits)
+        users = consumers.get(bn.output[0], [])
+        if affine is None or not users:
+            continue
+        s, t = affine
+        convs = [u for u in users if _unpadded_conv(u, bn.output[0], inits)]
+        pooled = _pooled_gemm(bn.output[0], inits, consumers) if len(users) == 1 else None
+        if len(convs) != len(users) and pooled is None:
+            continue
+        for conv in convs:
+            weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+            groups = int(_attr(conv, "group", 1))  # type: ignore[call-overload]
+            per_group_in, per_group_out = weight.shape[1], weight.shape[0] // groups
+            # input channel of weight[o, j]: group (o // per_group_out) times per_group_in, plus j
+            channel = (np.arange(weight.shape[0])[:, None] // per_group_out) * per_group_in + np.arange(per_group_in)
+            spatial = (1,) * (weight.ndim - 2)
+            new_w = weight * s[channel].reshape(*channel.shape, *spatial)
+            shift = (weight * t[channel].reshape(*channel.shape, *spatial)).reshape(weight.shape[0], -1).sum(1)
+            has_bias = len(conv.input) > 2 and conv.input[2] != ""
+            bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if has_bias else 0.0
+            _set_weights(graph, conv, 1, new_w, conv.name + ".weight_bnfold_in")
+            _set_weights(graph, conv, 2, bias + shift, conv.name + ".bias_bnfold_in")
+        if pooled is not None:
+            through, gemm = pooled
+            b = numpy_helper.to_array(inits[gemm.input[1]]).astype(np.float64)
+            trans_b = bool(_attr(gemm, "transB", 0))
+            columns = b if trans_b else b.T  # [out, C]
+            has_bias = len(gemm.input) > 2 and gemm.input[2] != ""
+            bias = numpy_helper.to_array(inits[gemm.input[2]]).astype(np.float64) if has_bias else 0.0
+            new_b = columns * s[None, :]
+            _set_weights(graph, gemm, 1, new_b if trans_b else new_b.T, gemm.name + ".weight_bnfold_in")
+            _set_weights(graph, gemm, 2, bias + columns @ t, gemm.name + ".bias_bnfold_in")
+        for user in users:
+            for i, name in enumerate(user.input):
+                if name == bn.output[0]:
+                    user.input[i] = bn.input[0]
+        removed.add(bn.name)
+    if removed:
+        keep = [n for n in graph.node if n.name not in removed]
+        del graph.node[:]
+        graph.node.extend(keep)
+        _drop_unused_initializers(model)
+    return len(removed)
+
+
+def _set_weights(graph: onnx.GraphProto, node: onnx.NodeProto, index: int, values: np.ndarray, name: str) -> None:
+    """Input ``index`` of ``node`` becomes a new float32 initializer ``name`` holding ``values``."""
+    graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.float32), name))
+    while len(node.input) <= index:
+        node.input.append("")
+    node.input[index] = name
 
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:

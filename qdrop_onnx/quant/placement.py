@@ -10,6 +10,9 @@
   on integers: ONNX Runtime only fuses DQ -> Conv -> Q, so without it ResNet-20 runs 9 of its 19 convs in
   float. It uses ``residual_bits`` (default 8, as integer accelerators keep the residual path): at 4 bits
   it costs ResNet-20 1.6 points of RTN W4A4 accuracy.
+- Where the target fuses a conv only with a quantizer on its output (ONNX Runtime), the output of a weighted
+  op (or of the activation right after it) that feeds only pooling, at the target's ``pooled_output_bits``
+  (8): a Keras-style CNN's last conv, before GlobalAveragePool, ran in float without it.
 - Activation x activation MatMuls (attention's Q.K^T and softmax.V): both inputs at ``a_bits``.
 - Embedding tables (Gather from a constant float table by run-time ids) per row at ``embedding_bits``
   (default 8, the E8 of the QDrop paper's BERT setting), round to nearest: they are not learned (a
@@ -215,6 +218,19 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
             continue
         act_bits[out] = config.a_bits
         reasons[out] = f"residual add {ln.name}"
+
+    if target.pooled_output_bits is not None:
+        for ln in graph.nodes:
+            if ln.name not in plan.weights:
+                continue
+            name, out = ln.name, ln.node.outputs[0]
+            users = consumers.get(out, [])
+            if len(users) == 1 and users[0].traits.pointwise:  # DQ -> Conv -> Relu -> Q fuses too
+                out, users = users[0].node.outputs[0], consumers.get(users[0].node.outputs[0], [])
+            if out in act_bits or out in outputs or out in side or not users or not all(u.traits.pools for u in users):
+                continue
+            act_bits[out] = target.pooled_output_bits
+            reasons[out] = f"output of {name} into pooling {users[0].name} (so the runtime fuses {name})"
 
     for ln in graph.nodes:
         # Activation x activation products (attention's Q.K^T and softmax.V): the runtime's integer MatMul

@@ -11,4 +11,7 @@ from qdrop_onnx.targets.profile import TargetProfile
 PROFILE = TargetProfile(
     name="ort_cpu", runtime="ONNX Runtime, CPU execution provider",
     act_signed=False, act_symmetric=False, act_bits=(2, 3, 4, 5, 6, 7, 8), w_bits=(2, 3, 4, 5, 6, 7, 8),
-    weight_symmetric=False, int32_bias=True, formats=("int8", "native"), default_format="int8")
+    weight_symmetric=False, int32_bias=True, formats=("int8", "native"), default_format="int8",
+    # 8 bits, as the residual-output quantizers: it is there for the fusion, not to save bits (a Keras-style
+    # CNN's last conv, before GlobalAveragePool, ran in float without it).
+    pooled_output_bits=8)

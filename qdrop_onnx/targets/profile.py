@@ -32,7 +32,10 @@ class TargetProfile:
     runtime fuses them into its integer kernel); else they stay float and the runtime quantizes them itself.
     ``formats``: the export formats it reads, ``default_format`` the one used when ``--format`` is not given.
     ``verifier``: the runtime that scores and counts integer kernels for this target (``onnxruntime`` or
-    ``openvino``). ``default_w_bits``/``default_a_bits``: the widths a configuration that names this target
+    ``openvino``). ``pooled_output_bits``: where the runtime fuses a weighted op only with a quantizer on its
+    output (ONNX Runtime: DQ -> Conv [-> Relu] -> Q), the width of one on a conv output that feeds only
+    pooling (else that conv runs in float); None where the runtime needs none.
+    ``default_w_bits``/``default_a_bits``: the widths a configuration that names this target
     but no width gets (:meth:`QuantConfig.from_dict <qdrop_onnx.quant.config.QuantConfig.from_dict>`).
     """
 
@@ -48,6 +51,7 @@ class TargetProfile:
     default_format: str
     default_w_bits: int = 4
     default_a_bits: int = 4
+    pooled_output_bits: int | None = None
     verifier: str = "onnxruntime"
 
     def refusal(self, config: QuantConfig) -> str | None:

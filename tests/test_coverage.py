@@ -1,0 +1,50 @@
+"""Integer-kernel coverage on graphs no one tuned for: a Keras-style CNN (BatchNormalization after the ReLU,
+valid padding) runs every weighted op as an ONNX Runtime integer kernel (it ran 1 of 5 before the BN folds
+and the pooled-output quantizer), and the folds that get it there are exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from qdrop_onnx.api import quantize
+from qdrop_onnx.data import TensorDataset, input_spec
+from qdrop_onnx.graph import load_model
+from qdrop_onnx.quant.config import QuantConfig
+from qdrop_onnx.verify.coverage import integer_kernel_coverage
+from tests.helpers import keras_style_cnn, run_ort
+
+
+@pytest.mark.parametrize("groups", [1, 2, 8])
+def test_batchnorm_after_relu_folds_into_the_next_layer_exactly(groups: int) -> None:
+    model, x = keras_style_cnn(seed=1, groups=groups)
+    loaded = load_model(model)
+    assert loaded.folded_batchnorms == 4
+    assert [n.op_type for n in loaded.model.graph.node].count("BatchNormalization") == 0
+    before, after = run_ort(model, {"x": x})[0], run_ort(loaded.model, {"x": x})[0]
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-6 * float(np.abs(before).max()))
+
+
+def test_batchnorm_before_a_padded_conv_stays() -> None:
+    """Padding BN(x) with zeros is not BN of x padded with zeros: that BN is not folded."""
+    model, x = keras_style_cnn(seed=1)
+    conv1 = next(n for n in model.graph.node if n.name == "conv1")
+    conv1.attribute.append(helper.make_attribute("pads", [1, 1, 1, 1]))
+    loaded = load_model(model)
+    assert [n.name for n in loaded.model.graph.node if n.op_type == "BatchNormalization"] == ["bn0"]
+    np.testing.assert_allclose(run_ort(loaded.model, {"x": x})[0], run_ort(model, {"x": x})[0], rtol=0,
+                               atol=1e-5 * float(np.abs(run_ort(model, {"x": x})[0]).max()))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_keras_style_cnn_runs_every_weighted_op_on_integers(bits: int) -> None:
+    model, _ = keras_style_cnn()
+    calib = np.random.RandomState(1).randn(32, 3, 16, 16).astype(np.float32)
+    config = QuantConfig(w_bits=bits, a_bits=bits, method="rtn", samples=32, calib_act_samples=32, batch_size=32)
+    result = quantize(model, TensorDataset(calib, input_spec(model)), config)
+    coverage = integer_kernel_coverage(result.model.SerializeToString())
+    assert (coverage.integer, coverage.total) == (5, 5)
+    # The last conv feeds GlobalAveragePool: its ReLU output carries an 8-bit quantizer so ORT fuses it.
+    pooled = [s for s in result.plan.activations.values() if "into pooling" in s.reason]
+    assert [(s.tensor, s.bits) for s in pooled] == [("r3", 8)]
