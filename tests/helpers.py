@@ -175,16 +175,20 @@ def tiny_token_encoder(seed: int = 0, vocab: int = 20, dim: int = 8) -> tuple[on
     return model, feeds
 
 
-def keras_style_cnn(seed: int = 0, groups: int = 1) -> tuple[onnx.ModelProto, np.ndarray]:
-    """Conv(valid) -> ReLU -> BatchNorm, four times (the third grouped by ``groups``), then GlobalAveragePool
-    -> Flatten -> Gemm: the BN after the activation, as Keras models put it, with no padding anywhere."""
+def keras_style_cnn(seed: int = 0, groups: int = 1, width: int = 8, size: int = 16,
+                    batch: int = 4) -> tuple[onnx.ModelProto, np.ndarray]:
+    """Conv(valid) -> ReLU -> BatchNorm, four times (the third grouped by ``groups``; ``width``, ``width``,
+    ``width``, 2 x ``width`` channels), then GlobalAveragePool -> Flatten -> Gemm: the BN after the
+    activation, as Keras models put it, with no padding anywhere; ``size`` x ``size`` inputs, dynamic batch
+    (the example has ``batch``). ``bench.coverage`` times a larger one."""
     rng = np.random.RandomState(seed)
     N = helper.make_node
     consts: dict[str, np.ndarray] = {}
     nodes = []
     x, channels = "x", 3
-    for i, (out, group) in enumerate([(8, 1), (8, 1), (8, groups), (16, 1)]):
-        consts[f"w{i}"] = rng.randn(out, channels // group, 3, 3).astype(np.float32) * 0.4
+    for i, (out, group) in enumerate([(width, 1), (width, 1), (width, groups), (2 * width, 1)]):
+        consts[f"w{i}"] = (rng.randn(out, channels // group, 3, 3) * np.sqrt(2.0 / (9 * channels // group))
+                           ).astype(np.float32)
         consts[f"b{i}"] = rng.randn(out).astype(np.float32) * 0.1
         for k, (lo, hi) in {"s": (0.5, 1.5), "t": (-0.3, 0.3), "m": (-0.2, 0.2), "v": (0.5, 1.5)}.items():
             consts[f"bn{i}_{k}"] = rng.uniform(lo, hi, out).astype(np.float32)
@@ -192,12 +196,68 @@ def keras_style_cnn(seed: int = 0, groups: int = 1) -> tuple[onnx.ModelProto, np
                   N("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"),
                   N("BatchNormalization", [f"r{i}"] + [f"bn{i}_{k}" for k in "stmv"], [f"n{i}"], name=f"bn{i}")]
         x, channels = f"n{i}", out
-    consts["fc"] = rng.randn(10, 16).astype(np.float32) * 0.3
+    consts["fc"] = rng.randn(10, 2 * width).astype(np.float32) * 0.3
     consts["fc_b"] = rng.randn(10).astype(np.float32) * 0.1
     nodes += [N("GlobalAveragePool", [x], ["g"], name="gap"), N("Flatten", ["g"], ["f"], name="flatten"),
               N("Gemm", ["f", "fc", "fc_b"], ["logits"], transB=1, name="fc")]
-    xs = rng.randn(4, 3, 16, 16).astype(np.float32)
+    xs = rng.randn(batch, 3, size, size).astype(np.float32)
     model = make_model(nodes, {"x": xs}, ["logits"], consts)
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_param = "N"
+    return model, xs
+
+
+def mobile_detector_net(seed: int = 0, width: int = 8, size: int = 16,
+                        batch: int = 4) -> tuple[onnx.ModelProto, np.ndarray]:
+    """A MobileNetV3-style segmentation head: Conv -> HardSwish, depthwise Conv -> ReLU, squeeze-excite
+    (GlobalAveragePool -> Conv -> Relu -> Conv -> HardSigmoid -> Mul), 1x1 Conv, Erf-GELU, a stride-2 Conv,
+    Resize x2 and ConvTranspose x2 back up, Concat with the skip path, a 1x1 Conv to a 2-channel map."""
+    rng = np.random.RandomState(seed)
+    N = helper.make_node
+    c = width
+
+    def w(name: str, out: int, inp: int, k: int) -> None:
+        consts[name] = (rng.randn(out, inp, k, k) * np.sqrt(2.0 / (inp * k * k))).astype(np.float32)
+        consts[name + "_b"] = (rng.randn(out) * 0.1).astype(np.float32)
+
+    consts: dict[str, np.ndarray] = {"half": np.array(0.5, np.float32), "one": np.array(1.0, np.float32),
+                                     "sqrt2": np.array(np.sqrt(2.0), np.float32),
+                                     "scales": np.array([1, 1, 2, 2], np.float32)}
+    w("stem", c, 3, 3)
+    w("dw", c, 1, 3)
+    w("se1", c // 2, c, 1)
+    w("se2", c, c // 2, 1)
+    w("pw", 2 * c, c, 1)
+    w("down", 2 * c, 2 * c, 3)
+    consts["up"] = (rng.randn(2 * c, c, 2, 2) * np.sqrt(1.0 / (2 * c))).astype(np.float32)  # [in, out, k, k]
+    consts["up_b"] = (rng.randn(c) * 0.1).astype(np.float32)
+    w("fuse", c, 2 * c + c + c, 1)
+    w("head", 2, c, 1)
+    nodes = [
+        N("Conv", ["x", "stem", "stem_b"], ["s0"], pads=[1, 1, 1, 1], name="stem"),
+        N("HardSwish", ["s0"], ["s1"], name="stem_hswish"),
+        N("Conv", ["s1", "dw", "dw_b"], ["d0"], pads=[1, 1, 1, 1], group=c, name="dw"),
+        N("Relu", ["d0"], ["d1"], name="dw_relu"),
+        N("GlobalAveragePool", ["d1"], ["g"], name="se_pool"),
+        N("Conv", ["g", "se1", "se1_b"], ["e0"], name="se_reduce"), N("Relu", ["e0"], ["e1"], name="se_relu"),
+        N("Conv", ["e1", "se2", "se2_b"], ["e2"], name="se_expand"),
+        N("HardSigmoid", ["e2"], ["e3"], alpha=1 / 6, name="se_gate"), N("Mul", ["d1", "e3"], ["se"], name="se_mul"),
+        N("Conv", ["se", "pw", "pw_b"], ["p0"], name="pw"),
+        # Erf-GELU: x * 0.5 * (1 + erf(x / sqrt 2))
+        N("Div", ["p0", "sqrt2"], ["p1"], name="gelu_div"), N("Erf", ["p1"], ["p2"], name="gelu_erf"),
+        N("Add", ["p2", "one"], ["p3"], name="gelu_add"), N("Mul", ["p0", "p3"], ["p4"], name="gelu_mul"),
+        N("Mul", ["p4", "half"], ["p5"], name="gelu_half"),
+        N("Conv", ["p5", "down", "down_b"], ["q0"], pads=[1, 1, 1, 1], strides=[2, 2], name="down"),
+        N("Relu", ["q0"], ["q1"], name="down_relu"),
+        N("Resize", ["q1", "", "scales"], ["r0"], mode="nearest", name="resize"),
+        N("ConvTranspose", ["q1", "up", "up_b"], ["t0"], strides=[2, 2], name="up"),
+        N("Concat", ["r0", "t0", "se"], ["cat"], axis=1, name="concat"),
+        N("Conv", ["cat", "fuse", "fuse_b"], ["f0"], name="fuse"), N("Relu", ["f0"], ["f1"], name="fuse_relu"),
+        N("Conv", ["f1", "head", "head_b"], ["map"], name="head"),
+    ]
+    xs = rng.randn(batch, 3, size, size).astype(np.float32)
+    model = make_model(nodes, {"x": xs}, ["map"], consts)
     dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     dim.Clear()
     dim.dim_param = "N"

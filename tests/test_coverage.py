@@ -1,6 +1,10 @@
-"""Integer-kernel coverage on graphs no one tuned for: a Keras-style CNN (BatchNormalization after the ReLU,
-valid padding) runs every weighted op as an ONNX Runtime integer kernel (it ran 1 of 5 before the BN folds
-and the pooled-output quantizer), and the folds that get it there are exact."""
+"""Integer-kernel coverage on graphs no one tuned for, in ONNX Runtime (CPU, ORT_ENABLE_ALL).
+
+A Keras-style CNN (BatchNormalization after the ReLU, valid padding) runs every weighted op as an integer
+kernel (it ran 1 of 5 before the BN folds and the conv-output quantizers), and the folds that get it there
+are exact. A MobileNetV3-style net (HardSwish, squeeze-excite, Erf-GELU, Resize, ConvTranspose, Concat) runs
+7 of 9 (3 of 9 before): ORT's CPU provider has no integer ConvTranspose, and the head conv writes the graph
+output, which stays float. The issue's bar is 90 %: missed there, and named."""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from qdrop_onnx.data import TensorDataset, input_spec
 from qdrop_onnx.graph import load_model
 from qdrop_onnx.quant.config import QuantConfig
 from qdrop_onnx.verify.coverage import integer_kernel_coverage
-from tests.helpers import keras_style_cnn, run_ort
+from tests.helpers import keras_style_cnn, mobile_detector_net, run_ort
+from tests.test_qdq_parity import forced_run
 
 
 @pytest.mark.parametrize("groups", [1, 2, 8])
@@ -46,5 +51,20 @@ def test_keras_style_cnn_runs_every_weighted_op_on_integers(bits: int) -> None:
     coverage = integer_kernel_coverage(result.model.SerializeToString())
     assert (coverage.integer, coverage.total) == (5, 5)
     # The last conv feeds GlobalAveragePool: its ReLU output carries an 8-bit quantizer so ORT fuses it.
-    pooled = [s for s in result.plan.activations.values() if "into pooling" in s.reason]
-    assert [(s.tensor, s.bits) for s in pooled] == [("r3", 8)]
+    fused = [s for s in result.plan.activations.values() if "so the runtime fuses it" in s.reason]
+    assert [(s.tensor, s.bits) for s in fused] == [("r3", 8)]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_mobile_detector_convs_run_on_integers_and_the_file_is_exact(bits: int) -> None:
+    model, x = mobile_detector_net()
+    calib = np.random.RandomState(1).randn(32, 3, 16, 16).astype(np.float32)
+    config = QuantConfig(w_bits=bits, a_bits=bits, method="rtn", samples=32, calib_act_samples=32, batch_size=32)
+    result = quantize(model, TensorDataset(calib, input_spec(model)), config)
+    coverage = integer_kernel_coverage(result.model.SerializeToString())
+    assert (coverage.integer, coverage.total) == (7, 9)
+    assert coverage.op_counts.get("ConvTranspose") == 1 and coverage.op_counts.get("Conv") == 1  # up, head
+    fused = {s.tensor for s in result.plan.activations.values() if "so the runtime fuses it" in s.reason}
+    assert fused == {"s0", "d1", "e2", "p0", "t0"}  # before HardSwish, SE, HardSigmoid, GELU, Concat
+    r = forced_run(result, x, "int8")
+    assert r["rel"] <= 1e-5 and r["mismatch"] <= 1e-3 and r["step"] <= 1

@@ -138,8 +138,6 @@ class OpTraits:
     such ops is left unquantized.
     ``integer_inputs``: run-time inputs that the runtime's integer kernel of this op reads quantized; each
     gets an activation quantizer (MatMul of two activations: Q.K^T and softmax.V in attention).
-    ``pools``: reduces windows of its input (MaxPool, GlobalAveragePool): a conv feeding only such ops gets a
-    quantizer on its output where the target fuses a conv only with one (ONNX Runtime's DQ -> Conv -> Q).
     """
 
     pointwise: bool = False
@@ -147,13 +145,11 @@ class OpTraits:
     shape_only: bool = False
     normalizes: bool = False
     integer_inputs: tuple[int, ...] = ()
-    pools: bool = False
 
 
 PLAIN = OpTraits()
 KEEPS_SIGN = OpTraits(nonneg=all_inputs)  # non-negative in, non-negative out (every operand)
 MOVES_DATA = OpTraits(nonneg=inputs_at(0))  # moves or selects values of input 0 (layout, pooling, slicing)
-POOLS = OpTraits(nonneg=inputs_at(0), pools=True)
 NONNEG = OpTraits(nonneg=always)
 ACTIVATION = OpTraits(pointwise=True)
 NONNEG_ACTIVATION = OpTraits(pointwise=True, nonneg=always)
@@ -726,7 +722,7 @@ class Pool(nn.Module):
         return total / count
 
 
-@register("MaxPool", "AveragePool", traits=POOLS)
+@register("MaxPool", "AveragePool", traits=MOVES_DATA)
 def lower_pool(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     if node.op_type == "MaxPool":
         if len(node.outputs) > 1 and node.outputs[1] in ctx.used:
@@ -738,7 +734,7 @@ def lower_pool(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return Lowered(Pool(node), [node.inputs[0]])
 
 
-@register("GlobalAveragePool", "GlobalMaxPool", traits=POOLS)
+@register("GlobalAveragePool", "GlobalMaxPool", traits=MOVES_DATA)
 def lower_global_pool(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     if node.op_type == "GlobalAveragePool":
         return _apply(node, ctx, lambda x: x.mean(dim=tuple(range(2, x.ndim)), keepdim=True), positions=[0])

@@ -10,14 +10,15 @@
   on integers: ONNX Runtime only fuses DQ -> Conv -> Q, so without it ResNet-20 runs 9 of its 19 convs in
   float. It uses ``residual_bits`` (default 8, as integer accelerators keep the residual path): at 4 bits
   it costs ResNet-20 1.6 points of RTN W4A4 accuracy.
-- Where the target fuses a conv only with a quantizer on its output (ONNX Runtime), the output of a weighted
-  op (or of the activation right after it) that feeds only pooling, at the target's ``pooled_output_bits``
-  (8): a Keras-style CNN's last conv, before GlobalAveragePool, ran in float without it.
+- Where the target fuses a conv only with a quantizer on its output (ONNX Runtime: DQ -> Conv -> Q), the
+  output of every quantized Conv/ConvTranspose (or of the Relu/Clip right after it) that nothing above
+  quantizes, at the target's ``output_bits`` (8): before HardSwish, HardSigmoid, GELU, pooling, Concat, or
+  as the graph output, those convs ran in float (a MobileNetV3-style net: 3 of 9 on integers).
 - Activation x activation MatMuls (attention's Q.K^T and softmax.V): both inputs at ``a_bits``.
 - Embedding tables (Gather from a constant float table by run-time ids) per row at ``embedding_bits``
   (default 8, the E8 of the QDrop paper's BERT setting), round to nearest: they are not learned (a
   calibration set touches a small part of a 30k-row vocabulary).
-- Bias of Conv/Gemm becomes int32 (scale = input scale x weight scale) so runtimes can fuse integer kernels,
+- Bias of Conv/Gemm/ConvTranspose becomes int32 (scale = input scale x weight scale) so runtimes can fuse integer kernels,
   where the target wants it (TensorRT keeps biases float).
 - Activation grids as the target's profile says (qdrop_onnx.targets): for ONNX Runtime unsigned, with zero
   point 0 for tensors that are provably non-negative; for TensorRT signed and symmetric everywhere.
@@ -37,6 +38,10 @@ from qdrop_onnx.quant.config import ConfigError, LayerRule, QuantConfig
 from qdrop_onnx.targets import get_target
 
 log = logging.getLogger("qdrop_onnx")
+# Ops whose bias becomes int32 at input scale x weight scale. ConvTranspose too (measured, ORT 1.32): with its
+# float bias, ORT_ENABLE_BASIC computed a 4-bit-weight ConvTranspose 0.004 away from the exact result (0.35 %
+# of its range; exact with optimisations disabled), with the int32 bias exactly.
+INT32_BIAS_OPS = ("Conv", "Gemm", "ConvTranspose")
 
 
 @dataclass(frozen=True)
@@ -180,7 +185,7 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
         symmetric = rule.get("symmetric", default_weight_symmetric(config, bits))
         plan.weights[ln.name] = WeightSpec(
             node=ln.name, op_type=ln.node.op_type, bits=bits, symmetric=symmetric, channel_axis=module.channel_axis,
-            input=data_input, quantize_bias=target.int32_bias and has_bias and ln.node.op_type in ("Conv", "Gemm"),
+            input=data_input, quantize_bias=target.int32_bias and has_bias and ln.node.op_type in INT32_BIAS_OPS,
             rule=rule.get("source"), width_from=width_from)
 
     consumers: dict[str, list[str]] = {}
@@ -219,18 +224,19 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
         act_bits[out] = config.a_bits
         reasons[out] = f"residual add {ln.name}"
 
-    if target.pooled_output_bits is not None:
+    if target.output_bits is not None:
         for ln in graph.nodes:
-            if ln.name not in plan.weights:
+            if ln.name not in plan.weights or ln.node.op_type not in target.output_quantized_ops:
                 continue
-            name, out = ln.name, ln.node.outputs[0]
+            out = ln.node.outputs[0]
             users = consumers.get(out, [])
-            if len(users) == 1 and users[0].traits.pointwise:  # DQ -> Conv -> Relu -> Q fuses too
-                out, users = users[0].node.outputs[0], consumers.get(users[0].node.outputs[0], [])
-            if out in act_bits or out in outputs or out in side or not users or not all(u.traits.pools for u in users):
+            if len(users) == 1 and users[0].node.op_type in target.fused_before_q:
+                out = users[0].node.outputs[0]
+            # A graph output keeps its float producer in the file, so a quantizer there would fuse nothing.
+            if out in act_bits or out in side or out in outputs:
                 continue
-            act_bits[out] = target.pooled_output_bits
-            reasons[out] = f"output of {name} into pooling {users[0].name} (so the runtime fuses {name})"
+            act_bits[out] = target.output_bits
+            reasons[out] = f"output of {ln.name} (so the runtime fuses it into an integer kernel)"
 
     for ln in graph.nodes:
         # Activation x activation products (attention's Q.K^T and softmax.V): the runtime's integer MatMul

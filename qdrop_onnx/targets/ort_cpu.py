@@ -12,6 +12,8 @@ PROFILE = TargetProfile(
     name="ort_cpu", runtime="ONNX Runtime, CPU execution provider",
     act_signed=False, act_symmetric=False, act_bits=(2, 3, 4, 5, 6, 7, 8), w_bits=(2, 3, 4, 5, 6, 7, 8),
     weight_symmetric=False, int32_bias=True, formats=("int8", "native"), default_format="int8",
-    # 8 bits, as the residual-output quantizers: it is there for the fusion, not to save bits (a Keras-style
-    # CNN's last conv, before GlobalAveragePool, ran in float without it).
-    pooled_output_bits=8)
+    # Its QDQ selectors fuse DQ -> Conv -> Q (Relu and a contained Clip are dropped first); Gemm and MatMul fuse
+    # with a float output too. 8 bits, as the residual-output quantizers: it is there for the fusion, not to save
+    # bits (a Keras-style CNN's last conv, before GlobalAveragePool, ran in float without it; a MobileNetV3-style
+    # net's convs before HardSwish, HardSigmoid, GELU, Concat and the output map did too: 3 of 9 on integers).
+    output_quantized_ops=("Conv", "ConvTranspose"), fused_before_q=("Relu", "Clip"), output_bits=8)

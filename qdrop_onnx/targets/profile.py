@@ -32,9 +32,11 @@ class TargetProfile:
     runtime fuses them into its integer kernel); else they stay float and the runtime quantizes them itself.
     ``formats``: the export formats it reads, ``default_format`` the one used when ``--format`` is not given.
     ``verifier``: the runtime that scores and counts integer kernels for this target (``onnxruntime`` or
-    ``openvino``). ``pooled_output_bits``: where the runtime fuses a weighted op only with a quantizer on its
-    output (ONNX Runtime: DQ -> Conv [-> Relu] -> Q), the width of one on a conv output that feeds only
-    pooling (else that conv runs in float); None where the runtime needs none.
+    ``openvino``). ``output_quantized_ops``: weighted ops the runtime fuses into an integer kernel only with a
+    quantizer on their output (ONNX Runtime: DQ -> Conv -> Q); ``fused_before_q``: activations it drops
+    between such an op and that quantizer (Relu, a constant Clip); ``output_bits``: the width placement gives
+    such an output where nothing else quantizes it (a conv before HardSwish, pooling, Concat, or the graph
+    output), None where the runtime needs none.
     ``default_w_bits``/``default_a_bits``: the widths a configuration that names this target
     but no width gets (:meth:`QuantConfig.from_dict <qdrop_onnx.quant.config.QuantConfig.from_dict>`).
     """
@@ -51,7 +53,9 @@ class TargetProfile:
     default_format: str
     default_w_bits: int = 4
     default_a_bits: int = 4
-    pooled_output_bits: int | None = None
+    output_quantized_ops: tuple[str, ...] = ()
+    fused_before_q: tuple[str, ...] = ()
+    output_bits: int | None = None
     verifier: str = "onnxruntime"
 
     def refusal(self, config: QuantConfig) -> str | None:
