@@ -18,8 +18,8 @@
 - Embedding tables (Gather from a constant float table by run-time ids) per row at ``embedding_bits``
   (default 8, the E8 of the QDrop paper's BERT setting), round to nearest: they are not learned (a
   calibration set touches a small part of a 30k-row vocabulary).
-- Bias of Conv/Gemm/ConvTranspose becomes int32 (scale = input scale x weight scale) so runtimes can fuse integer kernels,
-  where the target wants it (TensorRT keeps biases float).
+- Bias of Conv/Gemm/ConvTranspose becomes int32 (scale = input scale x weight scale) so runtimes can fuse
+  integer kernels, where the target wants it (TensorRT keeps biases float).
 - Activation grids as the target's profile says (qdrop_onnx.targets): for ONNX Runtime unsigned, with zero
   point 0 for tensors that are provably non-negative; for TensorRT signed and symmetric everywhere.
 """

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,15 +84,21 @@ class OpenVinoSession:
         by_name = {o.name: v for o, v in zip(self._outputs, values, strict=True)}
         return [by_name[n] for n in names]
 
-    def executed_layers(self) -> Counter[tuple[str, str]]:
-        """(layer type, precision it ran in) -> count, from the compiled model's executed graph."""
-        counts: Counter[tuple[str, str]] = Counter()
+    def _layers(self) -> Iterator[tuple[str, str, str]]:
+        """(layer type, precision it ran in, name) of each layer of the compiled model's executed graph."""
         for op in self._compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
             kind = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
             precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
-            counts[(kind, precision)] += 1
-        return counts
+            yield kind, precision, op.get_friendly_name()
+
+    def float_weighted_layers(self) -> list[str]:
+        """Names of the weighted layers the compiled model runs in a float precision."""
+        return [name for kind, p, name in self._layers() if kind in OPENVINO_WEIGHTED and p not in OPENVINO_INTEGER]
+
+    def executed_layers(self) -> Counter[tuple[str, str]]:
+        """(layer type, precision it ran in) -> count, from the compiled model's executed graph."""
+        return Counter((kind, p) for kind, p, _ in self._layers())
 
 
 def open_session(model: str | Path | bytes, runtime: str = "onnxruntime", *, device: str = "cpu") -> Any:
@@ -106,7 +113,8 @@ def openvino_coverage(session: OpenVinoSession) -> KernelCoverage:
     counts = session.executed_layers()
     integer = sum(n for (kind, p), n in counts.items() if kind in OPENVINO_WEIGHTED and p in OPENVINO_INTEGER)
     floating = sum(n for (kind, p), n in counts.items() if kind in OPENVINO_WEIGHTED and p not in OPENVINO_INTEGER)
-    return KernelCoverage(integer, floating, {f"{kind}:{p}": n for (kind, p), n in counts.items()})
+    return KernelCoverage(integer, floating, {f"{kind}:{p}": n for (kind, p), n in counts.items()},
+                          session.float_weighted_layers())
 
 
 def runtime_coverage(model: str | Path, runtime: str = "onnxruntime", session: Any = None) -> KernelCoverage:
