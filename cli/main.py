@@ -392,8 +392,10 @@ def eval_cmd(model: str, data: str, preset: str | None, classes: str | None,
     click.echo(f"time:   {result.seconds:.1f} s ({where})")
 
 
-def _echo_verification_table(verification: dict[str, Any], coverage: Any) -> None:
-    """The float-vs-quantized table that `quantize` and `eval --reference` both print."""
+def _echo_verification_table(verification: dict[str, Any], coverage: Any,
+                             left_in_float: list[dict[str, str]] | None = None) -> None:
+    """The float-vs-quantized table that `quantize` and `eval --reference` both print (with `quantize`, the
+    weighted ops left in float and why, the first five; the report has them all)."""
     from qdrop_onnx.verify.report import verification_rows
 
     click.echo(f"  {'':<22} {'float':>10} {'quantized':>10}")
@@ -401,6 +403,10 @@ def _echo_verification_table(verification: dict[str, Any], coverage: Any) -> Non
         click.echo(f"  {metric:<22} {ref:>10} {q:>10}")
     if coverage is not None:
         click.echo(f"  integer kernels: {coverage.integer} of {coverage.total} weighted ops")
+    for row in (left_in_float or [])[:5]:
+        click.echo(f"    in float: {row['node']}: {row['reason']}")
+    if left_in_float and len(left_in_float) > 5:
+        click.echo(f"    ... {len(left_in_float) - 5} more in the report")
 
 
 def _compare(reference: str, model: str, dataset: Any, spec: Any, data: str, batch_size: int,
@@ -623,7 +629,10 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
         cmp = verification.comparison
         where = "ONNX Runtime" if verification.runtime == "onnxruntime" else "OpenVINO"
         click.echo(f"verification in {where} on {cmp.count} samples of {verification.data}:")
-        _echo_verification_table(verification.to_dict(), verification.coverage)
+        from qdrop_onnx.api import left_in_float
+
+        left = left_in_float(result, verification.coverage, verification.runtime) if verification.coverage else None
+        _echo_verification_table(verification.to_dict(), verification.coverage, left)
     if report_files:
         click.echo("report: " + ", ".join(str(p) for p in report_files.values()))
 
@@ -765,7 +774,14 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
     import json
     import shutil
 
-    from qdrop_onnx.api import CheckpointOptions, build_report, default_checkpoint, default_output, verify
+    from qdrop_onnx.api import (
+        CheckpointOptions,
+        build_report,
+        default_checkpoint,
+        default_output,
+        left_in_float,
+        verify,
+    )
     from qdrop_onnx.api import quantize as run_quantize
     from qdrop_onnx.quant.config import QuantConfig, read_config_file
     from qdrop_onnx.recon.checkpoint import CHECKPOINT_FILE, CheckpointError
@@ -849,7 +865,8 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
                    "calibration_samples": result.calibration_samples, "blocks": len(result.blocks),
                    "input_bytes": Path(model).stat().st_size, "output_bytes": out.stat().st_size,
                    "verification": verification.to_dict(),
-                   "coverage": {"integer": cov.integer, "float": cov.float} if cov else None,
+                   "coverage": {"integer": cov.integer, "float": cov.float,
+                                "left_in_float": left_in_float(result, cov, verification.runtime)} if cov else None,
                    "gate_missed": misses,
                    "allocation": _allocation_summary(result.allocation)}
         click.echo(json.dumps(json_safe(summary), indent=2))

@@ -43,7 +43,7 @@ from qdrop_onnx.recon.policy import recon_config
 from qdrop_onnx.recon.run import DoneCallback, StepCallback
 from qdrop_onnx.targets import get_target
 from qdrop_onnx.verify.compare import Comparison, compare_models, sqnr_db
-from qdrop_onnx.verify.coverage import KernelCoverage
+from qdrop_onnx.verify.coverage import KernelCoverage, source_node
 from qdrop_onnx.verify.evaluate import output_classes, warn_if_near_chance
 from qdrop_onnx.verify.report import QuantReport
 from qdrop_onnx.verify.runtimes import runtime_coverage
@@ -396,6 +396,31 @@ def weight_sqnr(result: QuantResult) -> dict[str, float]:
     return out
 
 
+def left_in_float(result: QuantResult, coverage: KernelCoverage, runtime: str) -> list[dict[str, str]]:
+    """Each weighted op the runtime left in float, with the reason as far as the plan and the target tell."""
+    target = get_target(result.config.target)
+    outputs = {o.name for o in result.model.graph.output}
+    writes = {n.name: set(n.output) for n in result.model.graph.node}
+    rows = []
+    for reported in coverage.float_nodes:
+        node = source_node(reported, result.model)
+        spec = result.plan.weights.get(node or "")
+        if node is None:
+            reason = "not traced back to a node of the model"
+        elif node in result.plan.excluded:
+            reason = "excluded (--exclude or a layers rule)"
+        elif spec is None:
+            reason = "not quantized (no weighted op the plan knows)"
+        elif runtime == "onnxruntime" and spec.op_type == "ConvTranspose":
+            reason = "ONNX Runtime's CPU provider has no integer ConvTranspose kernel"
+        elif spec.op_type in target.output_quantized_ops and writes.get(node, set()) & outputs:
+            reason = "writes a graph output, which stays float (the runtime fuses a conv only with a quantized output)"
+        else:
+            reason = "the runtime did not fuse it (a quantizer it needs around it is missing or not fusable)"
+        rows.append({"node": node or reported, "reason": reason})
+    return rows
+
+
 def build_report(result: QuantResult, model: str | Path, verification: Verification | None = None) -> QuantReport:
     """The report of one quantization run (write it with :func:`qdrop_onnx.verify.report.write_report`)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -418,7 +443,8 @@ def build_report(result: QuantResult, model: str | Path, verification: Verificat
     coverage = None
     if verification is not None and verification.coverage is not None:
         cov = verification.coverage
-        coverage = {"integer": cov.integer, "float": cov.float, "fraction": cov.fraction}
+        coverage = {"integer": cov.integer, "float": cov.float, "fraction": cov.fraction,
+                    "left_in_float": left_in_float(result, cov, verification.runtime)}
     return QuantReport(
         tool="qdrop-onnx", version=tool_version,
         created=datetime.now(UTC).isoformat(timespec="seconds"),

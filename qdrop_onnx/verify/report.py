@@ -19,7 +19,8 @@ JSON fields (all present; ``null`` where not measured):
                                     held_out (false: the calibration samples themselves) and runtime
                                     (onnxruntime, or openvino for --target openvino)
   coverage                          integer vs float weighted kernels: after ORT's optimizer, or as
-                                    OpenVINO executed them (each layer's runtime precision)
+                                    OpenVINO executed them (each layer's runtime precision); left_in_float:
+                                    [{node, reason}] for each weighted op the runtime ran in float
   allocation                        mixed precision (a budget set): budget, widths {node: bits}, average_bits,
                                     weight_kb, error (summed sensitivity), seconds, and the sensitivity table
                                     (per layer: node, op_type, params, error {bits: value}, fixed)
@@ -156,8 +157,13 @@ def render_markdown(data: dict[str, Any]) -> str:
                 _table(["metric", "float model", "quantized"], [list(r) for r in verification_rows(ver)])]
     if data["coverage"]:
         cov = data["coverage"]
-        out.append(f"Integer kernels after ORT's optimizer: {cov['integer']} of {cov['integer'] + cov['float']} "
+        where = "as OpenVINO executed them" if (data["verification"] or {}).get("runtime") == "openvino" \
+            else "after ORT's optimizer"
+        out.append(f"Integer kernels {where}: {cov['integer']} of {cov['integer'] + cov['float']} "
                    f"weighted ops ({100 * cov['fraction']:.0f} %).\n")
+        left = cov.get("left_in_float") or []
+        if left:
+            out += ["Left in float:\n", _table(["layer", "why"], [[f"`{r['node']}`", r["reason"]] for r in left])]
     if data["blocks"]:
         rows = [[b["index"], b["kind"], f"`{b['name']}`", f"{b['loss_before']:.4g}", f"{b['loss_after']:.4g}",
                  f"{b['seconds']:.1f}"] for b in data["blocks"]]
