@@ -12,6 +12,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+@dataclass(frozen=True)
+class IntGrid:
+    """A b-bit integer grid: signed [-2^(b-1), 2^(b-1)-1] or unsigned [0, 2^b-1] (both sides use it)."""
+
+    bits: int
+    signed: bool
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    @property
+    def levels(self) -> int:
+        return 2**self.bits
+
+
 @dataclass
 class ActivationParams:
     """Per-tensor quantization of an activation on the grid [0, 2^bits - 1], or [-2^(bits-1), 2^(bits-1) - 1]
@@ -24,12 +44,8 @@ class ActivationParams:
     signed: bool = False
 
     @property
-    def qmin(self) -> int:
-        return -(2 ** (self.bits - 1)) if self.signed else 0
-
-    @property
-    def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+    def grid(self) -> IntGrid:
+        return IntGrid(self.bits, self.signed)
 
 
 @dataclass

@@ -74,6 +74,14 @@ def max_abs_diff(model: onnx.ModelProto, feeds: dict[str, np.ndarray], simplify:
     return worst
 
 
+def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its first input's batch dimension symbolic ("N"), in place."""
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_param = "N"
+    return model
+
+
 def small_cnn(seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray]:
     """Conv-BN-Relu → residual Conv-Relu → GAP → Gemm, with a dynamic batch: a tiny stand-in for ResNets."""
     rng = np.random.RandomState(seed)
@@ -95,11 +103,7 @@ def small_cnn(seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray]:
         N("Gemm", ["f", "fc", "fc_b"], ["logits"], transB=1, name="fc"),
     ]
     x = rng.randn(4, 3, 8, 8).astype(np.float32)
-    model = make_model(nodes, {"x": x}, ["logits"], consts)
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    dim.Clear()
-    dim.dim_param = "N"
-    return model, x
+    return dynamic_batch(make_model(nodes, {"x": x}, ["logits"], consts)), x
 
 
 def small_cnn_and_images(folder: Path, count: int, classes: int = 0) -> tuple[Path, Path]:
@@ -138,11 +142,7 @@ def small_mobile_cnn(seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray]:
         N("Gemm", ["f", "fc", "fc_b"], ["logits"], transB=1, name="fc"),
     ]
     x = rng.randn(4, 3, 8, 8).astype(np.float32) * 2
-    model = make_model(nodes, {"x": x}, ["logits"], consts)
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    dim.Clear()
-    dim.dim_param = "N"
-    return model, x
+    return dynamic_batch(make_model(nodes, {"x": x}, ["logits"], consts)), x
 
 
 def tiny_token_encoder(seed: int = 0, vocab: int = 20, dim: int = 8) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -201,11 +201,7 @@ def keras_style_cnn(seed: int = 0, groups: int = 1, width: int = 8, size: int = 
     nodes += [N("GlobalAveragePool", [x], ["g"], name="gap"), N("Flatten", ["g"], ["f"], name="flatten"),
               N("Gemm", ["f", "fc", "fc_b"], ["logits"], transB=1, name="fc")]
     xs = rng.randn(batch, 3, size, size).astype(np.float32)
-    model = make_model(nodes, {"x": xs}, ["logits"], consts)
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    dim.Clear()
-    dim.dim_param = "N"
-    return model, xs
+    return dynamic_batch(make_model(nodes, {"x": xs}, ["logits"], consts)), xs
 
 
 def mobile_detector_net(seed: int = 0, width: int = 8, size: int = 16,
@@ -257,8 +253,4 @@ def mobile_detector_net(seed: int = 0, width: int = 8, size: int = 16,
         N("Conv", ["f1", "head", "head_b"], ["map"], name="head"),
     ]
     xs = rng.randn(batch, 3, size, size).astype(np.float32)
-    model = make_model(nodes, {"x": xs}, ["map"], consts)
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    dim.Clear()
-    dim.dim_param = "N"
-    return model, xs
+    return dynamic_batch(make_model(nodes, {"x": xs}, ["map"], consts)), xs

@@ -42,13 +42,17 @@ def test_batchnorm_before_a_padded_conv_stays() -> None:
                                atol=1e-5 * float(np.abs(run_ort(model, {"x": x})[0]).max()))
 
 
-@pytest.mark.parametrize("bits", [8, 4])
-def test_keras_style_cnn_runs_every_weighted_op_on_integers(bits: int) -> None:
-    model, _ = keras_style_cnn()
+def _rtn(model, bits: int):
+    """RTN WbAb on 32 random 16x16 images, and the ORT coverage of the file."""
     calib = np.random.RandomState(1).randn(32, 3, 16, 16).astype(np.float32)
     config = QuantConfig(w_bits=bits, a_bits=bits, method="rtn", samples=32, calib_act_samples=32, batch_size=32)
     result = quantize(model, TensorDataset(calib, input_spec(model)), config)
-    coverage = integer_kernel_coverage(result.model.SerializeToString())
+    return result, integer_kernel_coverage(result.model.SerializeToString())
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_keras_style_cnn_runs_every_weighted_op_on_integers(bits: int) -> None:
+    result, coverage = _rtn(keras_style_cnn()[0], bits)
     assert (coverage.integer, coverage.total) == (5, 5)
     # The last conv feeds GlobalAveragePool: its ReLU output carries an 8-bit quantizer so ORT fuses it.
     fused = [s for s in result.plan.activations.values() if "so the runtime fuses it" in s.reason]
@@ -58,10 +62,7 @@ def test_keras_style_cnn_runs_every_weighted_op_on_integers(bits: int) -> None:
 @pytest.mark.parametrize("bits", [8, 4])
 def test_mobile_detector_convs_run_on_integers_and_the_file_is_exact(bits: int) -> None:
     model, x = mobile_detector_net()
-    calib = np.random.RandomState(1).randn(32, 3, 16, 16).astype(np.float32)
-    config = QuantConfig(w_bits=bits, a_bits=bits, method="rtn", samples=32, calib_act_samples=32, batch_size=32)
-    result = quantize(model, TensorDataset(calib, input_spec(model)), config)
-    coverage = integer_kernel_coverage(result.model.SerializeToString())
+    result, coverage = _rtn(model, bits)
     assert (coverage.integer, coverage.total) == (7, 9)
     assert coverage.op_counts.get("ConvTranspose") == 1 and coverage.op_counts.get("Conv") == 1  # up, head
     fused = {s.tensor for s in result.plan.activations.values() if "so the runtime fuses it" in s.reason}

@@ -92,8 +92,8 @@ def activation_output(ap: ActivationParams, fmt: str) -> str:
 
 def _grid_range(ap: ActivationParams) -> tuple[np.float32, np.float32]:
     """The smallest and largest value of ``ap``'s b-bit grid (both grid points)."""
-    lo = np.float32(np.float32(ap.qmin - ap.zero_point) * ap.scale)
-    hi = np.float32(np.float32(ap.qmax - ap.zero_point) * ap.scale)
+    lo = np.float32(np.float32(ap.grid.qmin - ap.zero_point) * ap.scale)
+    hi = np.float32(np.float32(ap.grid.qmax - ap.zero_point) * ap.scale)
     return lo, hi
 
 

@@ -7,30 +7,12 @@ side uses the same operations in the same order so that the exported file comput
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
+from qdrop_onnx.params import IntGrid
 
-@dataclass(frozen=True)
-class IntGrid:
-    """A b-bit integer grid: signed [-2^(b-1), 2^(b-1)-1] or unsigned [0, 2^b-1]."""
-
-    bits: int
-    signed: bool
-
-    @property
-    def qmin(self) -> int:
-        return -(2 ** (self.bits - 1)) if self.signed else 0
-
-    @property
-    def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
-
-    @property
-    def levels(self) -> int:
-        return 2**self.bits
+__all__ = ["IntGrid", "fake_quantize", "lp_error", "quantize", "round_ste"]
 
 
 class _RoundSTE(torch.autograd.Function):
