@@ -1,12 +1,12 @@
 """Integer-kernel coverage and latency on hand-built graphs no one tuned for, per runtime present.
 
-For each net (today: a Keras-style CNN, Conv -> ReLU -> BatchNorm with valid padding, 64 channels at
-96x96) and width (W8A8, W4A4 for ONNX Runtime; W8A8, W4A8 for OpenVINO, its target's widths): RTN on random
-calibration data (coverage and latency do not depend on what the weights learned), then in each runtime the
-weighted ops run as integer kernels (ORT: after its optimizer at ORT_ENABLE_ALL; OpenVINO: executed
-precision) and the latency of the float and the quantized file at batch 1 and 32, median of 50 runs, all
-in one invocation. Writes ``bench/results/coverage.json`` and prints the table; says which runtimes were
-absent.
+Nets: a Keras-style CNN (Conv -> ReLU -> BatchNorm, valid padding, 64 channels) and a MobileNetV3-style net
+(HardSwish, squeeze-excite, Erf-GELU, Resize, ConvTranspose, Concat; 32 channels), both at 96x96. Widths:
+W8A8 and W4A4 for ONNX Runtime, W8A8 and W4A8 for OpenVINO (its target's). RTN on random calibration data
+(coverage and latency do not depend on what the weights learned); then in each runtime the weighted ops
+run as integer kernels (ORT: after its optimizer at ORT_ENABLE_ALL; OpenVINO: executed precision) and the
+latency of the float and the quantized file at batch 1 and 32, median of 50 runs, all in one invocation.
+Writes ``bench/results/coverage.json``, prints the table, and says which runtimes were absent.
 
     python -m bench.coverage [--repeats 50]
 """
@@ -31,10 +31,11 @@ from qdrop_onnx.data import TensorDataset, input_spec
 from qdrop_onnx.quant.config import QuantConfig
 from qdrop_onnx.verify import make_session
 from qdrop_onnx.verify.runtimes import OpenVinoSession, openvino_available, runtime_coverage
-from tests.helpers import keras_style_cnn
+from tests.helpers import keras_style_cnn, mobile_detector_net
 
 NETS: dict[str, Callable[[], tuple[onnx.ModelProto, np.ndarray]]] = {
     "keras_cnn_96": lambda: keras_style_cnn(seed=0, width=64, size=96, batch=32),
+    "mobile_det_96": lambda: mobile_detector_net(seed=0, width=32, size=96, batch=32),
 }
 # runtime -> (target, widths)
 RUNTIMES = {"onnxruntime": ("ort_cpu", [(8, 8), (4, 4)]), "openvino": ("openvino", [(8, 8), (4, 8)])}
