@@ -328,6 +328,8 @@ def _echo_plan(graph: Any) -> None:
             kinds["operands of activation x activation MatMuls"] += 1
         elif spec.reason.startswith("input of"):
             kinds["inputs of weighted layers"] += 1
+        elif spec.reason.endswith("(so the runtime fuses it into an integer kernel)"):
+            kinds["conv outputs the runtime needs quantized"] += 1
         else:
             kinds["around residual adds"] += 1
     unsigned = sum(spec.nonnegative for spec in plan.activations.values())
