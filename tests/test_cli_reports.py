@@ -128,7 +128,7 @@ def test_full_quantize_run_with_eval_and_json(tmp_path: Path) -> None:
     assert ver["reference_top1"] == 82.1
     assert ver["quantized_top1"] >= ver["reference_top1"] - 1.5
     assert ver["agreement"] >= 88.0 and ver["sqnr_db"] >= 11.5
-    assert summary["coverage"] == {"integer": 20, "float": 0}
+    assert summary["coverage"] == {"integer": 20, "float": 0, "left_in_float": []}
     report = json.loads(Path(summary["report"]["json"]).read_text())
     assert report["verification"] == ver
     # 30 steps are too few to promise every block improves; summed over the blocks the loss falls.
