@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python -m bench.speed --sections steps,full,ab,auto,memory $(if $(ITERS),--full-iters $(ITERS)) $(SPEED_BENCH_ARGS)
 	$(BIN)/python -m bench.mixed $(if $(ITERS),--iters $(ITERS)) $(MIXED_BENCH_ARGS)
 	$(BIN)/python -m bench.coverage
+	$(BIN)/python -m bench.targets
 
 bench-quick: install
 	TORCH_PIN=$(TORCH_PIN) $(BIN)/python -m bench.run --quick $(BENCH_FLAGS)
