@@ -46,7 +46,7 @@ from qdrop_onnx.verify.compare import Comparison, compare_models, sqnr_db
 from qdrop_onnx.verify.coverage import KernelCoverage, source_node
 from qdrop_onnx.verify.evaluate import output_classes, warn_if_near_chance
 from qdrop_onnx.verify.report import QuantReport
-from qdrop_onnx.verify.runtimes import runtime_coverage
+from qdrop_onnx.verify.runtimes import openvino_available, runtime_coverage
 
 log = logging.getLogger("qdrop_onnx")
 
@@ -343,13 +343,19 @@ def verify(result: QuantResult, reference: str | Path, eval_data: str | Path | N
            data: DataOptions | None = None, classes: str | Path | None = None, limit: int | None = 1000,
            device: str = "cpu", runtime: str | None = None) -> Verification:
     """Compare the written file with the float ``reference`` model in ``runtime`` (None: the one the
-    target's profile names, ONNX Runtime or OpenVINO).
+    target's profile names, ONNX Runtime or OpenVINO; ONNX Runtime, with a warning, where that is OpenVINO and
+    the openvino package is not installed).
 
     On ``eval_data`` when given (accuracy when it has class folders); otherwise on calibration samples
     that quantization did not use, or, when it used them all, on those (``held_out`` False). Counts the
     integer kernels the runtime runs too. At most ``limit`` samples (None: all).
     """
-    runtime = runtime or get_target(result.config.target).verifier
+    if runtime is None:
+        runtime = get_target(result.config.target).verifier
+        if runtime == "openvino" and not openvino_available():  # the file is written: score it where we can
+            log.warning("--target %s verifies in OpenVINO, but the openvino package is not installed (pip install "
+                        "'qdrop-onnx[openvino]'): verifying in ONNX Runtime instead", result.config.target)
+            runtime = "onnxruntime"
     if result.output is None:
         raise ValueError("verify() needs a written model (quantize(..., output=...))")
     spec = input_specs(result.model)

@@ -133,3 +133,18 @@ def test_readme_targets_table_is_what_the_command_prints() -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("target ")
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert "```\n" + proc.stdout + "```" in readme
+
+
+def test_openvino_target_without_openvino_verifies_in_ort_with_a_warning(tmp_path: Path, monkeypatch, caplog) -> None:
+    """The file is written by then: a missing verifier must not turn a finished run into a failure."""
+    import qdrop_onnx.api as api
+
+    model, _ = small_cnn()
+    onnx.save(model, tmp_path / "net.onnx")
+    calib = np.random.RandomState(1).randn(32, 3, 8, 8).astype(np.float32) * 2
+    config = QuantConfig.from_dict({"target": "openvino", "method": "rtn", "samples": 16, "batch_size": 16})
+    result = quantize(model, TensorDataset(calib, input_spec(model)), config, tmp_path / "q.onnx")
+    monkeypatch.setattr(api, "openvino_available", lambda: False)
+    check = api.verify(result, tmp_path / "net.onnx")
+    assert check.runtime == "onnxruntime" and check.coverage is not None
+    assert "verifies in OpenVINO, but the openvino package is not installed" in caplog.text
