@@ -419,6 +419,10 @@ def left_in_float(result: QuantResult, coverage: KernelCoverage, runtime: str) -
             reason = "not quantized (no weighted op the plan knows)"
         elif runtime == "onnxruntime" and spec.op_type == "ConvTranspose":
             reason = "ONNX Runtime's CPU provider has no integer ConvTranspose kernel"
+        elif runtime == "onnxruntime" and not spec.quantize_bias and not target.int32_bias \
+                and getattr(result.sim.graph.op(node), "bias", None) is not None:
+            reason = (f"its bias stays float (--target {target.name}), and ONNX Runtime fuses it only with an int32 "
+                      "bias")
         elif spec.op_type in target.output_quantized_ops and writes.get(node, set()) & outputs:
             reason = "writes a graph output, which stays float (the runtime fuses a conv only with a quantized output)"
         else:

@@ -148,3 +148,18 @@ def test_openvino_target_without_openvino_verifies_in_ort_with_a_warning(tmp_pat
     check = api.verify(result, tmp_path / "net.onnx")
     assert check.runtime == "onnxruntime" and check.coverage is not None
     assert "verifies in OpenVINO, but the openvino package is not installed" in caplog.text
+
+
+def test_tensorrt_file_in_ort_names_the_float_bias_as_the_reason() -> None:
+    """TensorRT keeps biases float; ORT's CPU fusion wants int32 ones: the report says so per layer."""
+    from qdrop_onnx.api import left_in_float
+    from qdrop_onnx.verify.coverage import integer_kernel_coverage
+
+    model, _ = small_cnn(seed=3)
+    result = _quantize(model, "tensorrt")
+    coverage = integer_kernel_coverage(result.model.SerializeToString())
+    rows = left_in_float(result, coverage, "onnxruntime")
+    reasons = {r["node"]: r["reason"] for r in rows}
+    bias = "its bias stays float (--target tensorrt), and ONNX Runtime fuses it only with an int32 bias"
+    assert reasons["stem"] == reasons["fc"] == bias  # the two with a bias
+    assert reasons.get("res_conv", "") != bias  # no bias: whatever keeps it float, not that
