@@ -12,8 +12,9 @@
   it costs ResNet-20 1.6 points of RTN W4A4 accuracy.
 - Where the target fuses a conv only with a quantizer on its output (ONNX Runtime: DQ -> Conv -> Q), the
   output of every quantized Conv/ConvTranspose (or of the Relu/Clip right after it) that nothing above
-  quantizes, at the target's ``output_bits`` (8): before HardSwish, HardSigmoid, GELU, pooling, Concat, or
-  as the graph output, those convs ran in float (a MobileNetV3-style net: 3 of 9 on integers).
+  quantizes, at the target's ``output_bits`` (8): before HardSwish, HardSigmoid, GELU, pooling or Concat,
+  those convs ran in float (a MobileNetV3-style net: 3 of 9 on integers). Not a graph output: export keeps
+  its float producer, so a quantizer there would fuse nothing.
 - Activation x activation MatMuls (attention's Q.K^T and softmax.V): both inputs at ``a_bits``.
 - Embedding tables (Gather from a constant float table by run-time ids) per row at ``embedding_bits``
   (default 8, the E8 of the QDrop paper's BERT setting), round to nearest: they are not learned (a
