@@ -378,7 +378,7 @@ def fold_batchnorm_into_consumers(model: onnx.ModelProto) -> int:
             _set_weights(graph, conv, 1, new_w, conv.name + ".weight_bnfold_in")
             _set_weights(graph, conv, 2, bias + shift, conv.name + ".bias_bnfold_in")
         if pooled is not None:
-            through, gemm = pooled
+            gemm = pooled[1]
             b = numpy_helper.to_array(inits[gemm.input[1]]).astype(np.float64)
             trans_b = bool(_attr(gemm, "transB", 0))
             columns = b if trans_b else b.T  # [out, C]

@@ -35,7 +35,7 @@ class TargetProfile:
     ``openvino``). ``output_quantized_ops``: weighted ops the runtime fuses into an integer kernel only with a
     quantizer on their output (ONNX Runtime: DQ -> Conv -> Q); ``fused_before_q``: activations it drops
     between such an op and that quantizer (Relu, a constant Clip); ``output_bits``: the width placement gives
-    such an output where nothing else quantizes it (a conv before HardSwish, pooling, Concat, or the graph
+    such an output where nothing else quantizes it (a conv before HardSwish, pooling, Concat; not a graph
     output), None where the runtime needs none.
     ``default_w_bits``/``default_a_bits``: the widths a configuration that names this target
     but no width gets (:meth:`QuantConfig.from_dict <qdrop_onnx.quant.config.QuantConfig.from_dict>`).
