@@ -27,7 +27,9 @@ from qdrop_onnx.verify.coverage import integer_kernel_coverage
 from tests.helpers import ASSETS, needs_assets, small_mobile_cnn
 from tests.test_transformer import encoder_layer
 
-BITS = (8, 6, 4, 3, 2)
+# 8 (full container), 4 and 2 (the native widths), 3 (an odd grid): 6 was dropped to keep CI under 30 minutes,
+# it is a sub-byte grid in an 8-bit container like 3 and 4 and took a fifth of the suite's longest test.
+BITS = (8, 4, 3, 2)
 TIE = 1e-4
 
 
