@@ -46,7 +46,7 @@ from qdrop_onnx.verify.compare import Comparison, compare_models, sqnr_db
 from qdrop_onnx.verify.coverage import KernelCoverage, source_node
 from qdrop_onnx.verify.evaluate import output_classes, warn_if_near_chance
 from qdrop_onnx.verify.report import QuantReport
-from qdrop_onnx.verify.runtimes import openvino_available, runtime_coverage
+from qdrop_onnx.verify.runtimes import open_session, openvino_available, runtime_coverage
 
 log = logging.getLogger("qdrop_onnx")
 
@@ -375,18 +375,19 @@ def verify(result: QuantResult, reference: str | Path, eval_data: str | Path | N
     if limit is not None and len(dataset) > limit and hasattr(dataset, "subset"):
         # Evenly spaced, not the first N: folders sorted by class would otherwise give one class only.
         dataset = dataset.subset(np.linspace(0, len(dataset) - 1, limit).round().astype(int).tolist())
+    quantized = open_session(result.output, runtime, device=device)  # compiled once: compared, then counted
     try:
-        comparison = compare_models(reference, result.output, dataset, spec, limit=limit, device=device,
+        comparison = compare_models(reference, quantized, dataset, spec, limit=limit, device=device,
                                     runtime=runtime)
     except DataError:
         if not held_out or result.calibration_data is None:
             raise
         # The unused samples were all unreadable: fall back to the calibration samples.
         dataset, source, held_out = result.calibration_data, "calibration data", False
-        comparison = compare_models(reference, result.output, dataset, spec, limit=limit, device=device,
+        comparison = compare_models(reference, quantized, dataset, spec, limit=limit, device=device,
                                     runtime=runtime)
     warn_if_near_chance(comparison.reference_top1, output_classes(result.model), source)
-    coverage = runtime_coverage(result.output, runtime)
+    coverage = runtime_coverage(result.output, runtime, session=quantized)
     return Verification(comparison, source, held_out, coverage, runtime)
 
 
