@@ -522,8 +522,8 @@ class QuantizeCommand(GroupedOptionsCommand):
     SECTIONS = (
         ("Input and output", ("calib", "output", "config_file", "report", "no_report")),
         ("Quantization", ("w_bits", "a_bits", "method", "target", "format", "weight_asymmetric", "quantize_first_last",
-                          "first_last_bits", "residual_bits", "embedding_bits", "exclude", "layers", "act_init",
-                          "lp_norm", "reduce_range")),
+                          "float_outputs", "first_last_bits", "residual_bits", "embedding_bits", "exclude", "layers",
+                          "act_init", "lp_norm", "reduce_range")),
         ("Mixed precision", ("avg_w_bits", "size_kb", "alloc_widths", "sensitivity_samples")),
         ("Reconstruction", ("iters", "samples", "calib_act_samples", "batch_size", "drop_prob", "reg_weight",
                             "round_lr", "cache_fp16", "max_cache_gb", "cache_dir", "release_memory", "seed", "device",
@@ -690,6 +690,10 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
 @click.option("--weight-asymmetric", is_flag=True, default=None, help="Asymmetric per-channel weights (the paper's).")
 @click.option("--quantize-first-last", is_flag=True, default=None,
               help="Quantize the first and last weighted layers at --w/--a too (default: 8-bit).")
+@click.option("--float-outputs", is_flag=True, default=None,
+              help="Keep the model's outputs off any quantizer: a conv that writes one (a detector's or segmenter's "
+                   "map) then runs in float. Default: where the target fuses a conv only with a quantizer on its "
+                   "output (ort_cpu), an output conv gets an 8-bit one, as every other conv does.")
 @click.option("--first-last-bits", type=click.IntRange(2, 8), default=None,
               help="Bits of the first and last weighted layers (weights and input) unless --quantize-first-last. "
                    "[default: 8]")

@@ -236,9 +236,11 @@ def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
 
 
 def _load(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | object,
-          data: DataOptions | None) -> tuple[LoadedModel, OnnxGraphModule, list[InputSpec], Dataset]:
-    """The cleaned model, its torch rebuild, its input specs and the calibration data (refused when empty)."""
-    loaded = load_model(model)
+          data: DataOptions | None, config: QuantConfig,
+          ) -> tuple[LoadedModel, OnnxGraphModule, list[InputSpec], Dataset]:
+    """The cleaned model (with the target's rewrites), its torch rebuild, its input specs and the calibration
+    data (refused when empty)."""
+    loaded = load_model(model, rewrites=get_target(config.target).rewrites)
     graph = lower(loaded)
     specs = input_specs(loaded.model)
     dataset = open_calibration(calib, specs, data)
@@ -275,7 +277,7 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     _refuse_overwrite(model, output)
     timings: dict[str, float] = {}
     with _stage(timings, "load"):
-        loaded, graph, specs, dataset = _load(model, calib, data)
+        loaded, graph, specs, dataset = _load(model, calib, data, config)
     torch.manual_seed(config.seed)
     dev = pick_device(device)
     graph.to(dev)
@@ -300,7 +302,7 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     graph.cpu()
     with _stage(timings, "export"):
         params = sim.export_params()
-        qdq = build_qdq_model(loaded.model, params, config.format)
+        qdq = build_qdq_model(loaded.model, params, config.format, quantized_outputs=not config.float_outputs)
         written = save_model_atomic(qdq, output) if output is not None else None
     return QuantResult(qdq, params, plan, config, sim, output=written, seconds=time.perf_counter() - start,
                        calibration_samples=len(samples[0]), timings=timings, blocks=records, device=str(dev),
@@ -314,7 +316,7 @@ def sensitivity(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset
     layer quantized, on ``config.sensitivity_samples`` calibration samples: what ``--avg-w-bits`` allocates
     by (:mod:`qdrop_onnx.mixed.sensitivity`). Layers ``config`` leaves in float are not measured."""
     config.validate()
-    loaded, graph, specs, dataset = _load(model, calib, data)
+    loaded, graph, specs, dataset = _load(model, calib, data, config)
     by_name = {s.name: s for s in specs}
     samples = _load_samples(dataset, config.sensitivity_samples, [by_name[n] for n in graph.input_names])
     _check_finite(samples)
@@ -419,13 +421,15 @@ def left_in_float(result: QuantResult, coverage: KernelCoverage, runtime: str) -
         elif spec is None:
             reason = "not quantized (no weighted op the plan knows)"
         elif runtime == "onnxruntime" and spec.op_type == "ConvTranspose":
-            reason = "ONNX Runtime's CPU provider has no integer ConvTranspose kernel"
+            reason = ("ONNX Runtime's CPU provider has no integer ConvTranspose kernel, and this one is not "
+                      "rewritten as Conv + DepthToSpace (dilated, output_shape, auto_pad or unequal strides)")
         elif runtime == "onnxruntime" and not spec.quantize_bias and not target.int32_bias \
                 and getattr(result.sim.graph.op(node), "bias", None) is not None:
             reason = (f"its bias stays float (--target {target.name}), and ONNX Runtime fuses it only with an int32 "
                       "bias")
         elif spec.op_type in target.output_quantized_ops and writes.get(node, set()) & outputs:
-            reason = "writes a graph output, which stays float (the runtime fuses a conv only with a quantized output)"
+            reason = ("writes a graph output, which --float-outputs keeps float (the runtime fuses a conv only "
+                      "with a quantized output)")
         else:
             reason = "the runtime did not fuse it (a quantizer it needs around it is missing or not fusable)"
         rows.append({"node": node or reported, "reason": reason})

@@ -39,13 +39,16 @@ def forced_run(result, x: np.ndarray | dict[str, np.ndarray], fmt: str) -> dict:
     ``x``: the batch of a one-input model, or a dict input name -> array."""
     model = onnx.ModelProto()
     model.CopyFrom(result.model)
-    names = {t: activation_output(ap, fmt) for t, ap in result.params.activations.items()}
+    outputs = [o.name for o in model.graph.output]
+    # A quantized graph output is its own dequantized value (export writes its DQ into the output).
+    names = {t: t if t in outputs else activation_output(ap, fmt) for t, ap in result.params.activations.items()}
     for name in names.values():
-        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        if name not in outputs:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = make_session(model.SerializeToString(), device="cpu", opt_level="basic")
     feeds = x if isinstance(x, dict) else {input_spec(result.model).name: x}
-    outs = session.run(None, feeds)
-    ort_out, ort_acts = outs[0], dict(zip(names, outs[1:], strict=True))
+    outs = dict(zip([o.name for o in model.graph.output], session.run(None, feeds), strict=True))
+    ort_out, ort_acts = outs[outputs[0]], {t: outs[name] for t, name in names.items()}
 
     mismatches, total, worst_step, worst_tie = 0, 0, 0, 0.0
     hooks = []

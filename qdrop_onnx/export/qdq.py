@@ -206,8 +206,28 @@ def _upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return upgraded
 
 
-def build_qdq_model(model: onnx.ModelProto, params: QuantParams, fmt: str = "int8") -> onnx.ModelProto:
-    """The clean model with ``params`` written in as Q/DQ (``fmt``: ``int8`` or ``native``)."""
+def _into_output(nodes: list[onnx.NodeProto], producer: onnx.NodeProto, tensor: str) -> None:
+    """Make Q/DQ ``nodes`` of graph output ``tensor`` write the output itself: the producer writes
+    ``tensor/float``, the Q reads it, the last DQ writes ``tensor``."""
+    raw = f"{tensor}/float"
+    for i, name in enumerate(producer.output):
+        if name == tensor:
+            producer.output[i] = raw
+    for node in nodes:
+        for i, name in enumerate(node.input):
+            if name == tensor:
+                node.input[i] = raw
+    nodes[-1].output[0] = tensor
+
+
+def build_qdq_model(model: onnx.ModelProto, params: QuantParams, fmt: str = "int8",
+                    quantized_outputs: bool = True) -> onnx.ModelProto:
+    """The clean model with ``params`` written in as Q/DQ (``fmt``: ``int8`` or ``native``).
+
+    A graph output with a quantizer is that quantizer's dequantized value (``quantized_outputs``, as the
+    simulation computes it; ORT then fuses the conv that writes it), else the float value its producer
+    computes (the quantizer then serves its other consumers only).
+    """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     out = _upgrade(out, _required_opset(params, fmt))
@@ -248,11 +268,15 @@ def build_qdq_model(model: onnx.ModelProto, params: QuantParams, fmt: str = "int
                 split.add(node.name)
         inits, nodes, final = _activation_nodes(ap, fmt, clip)
         graph.initializer.extend(inits)
+        if quantized_outputs and ap.tensor in outputs and node is not None:
+            _into_output(nodes, node, ap.tensor)
+            final = ap.tensor
         if ap.tensor in producer:
             after.setdefault(producer[ap.tensor], []).extend(nodes)
         else:
             front += nodes
-        rename[ap.tensor] = final
+        if final != ap.tensor:
+            rename[ap.tensor] = final
 
     for node in graph.node:
         for i, name in enumerate(node.input):

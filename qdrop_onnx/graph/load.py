@@ -2,15 +2,15 @@
 
 Steps, in order: read (external data included), ``onnx.checker``, BatchNormalization folded into the Conv
 before it, onnxsim simplification (on failure the unsimplified graph is kept and one warning is logged),
-shape inference, Constant nodes turned into initializers, and every node given a unique name (weights are
-addressed by node name from here on). The symbolic batch dimension is kept. The input file is never
-modified: all work happens on an in-memory copy.
+Constant nodes turned into initializers, the target's exact rewrites (``qdrop_onnx.graph.rewrite``), shape
+inference, and every node given a unique name (weights are addressed by node name from here on). The
+symbolic batch dimension is kept. The input file is never modified: all work happens on an in-memory copy.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from qdrop_onnx.errors import ModelLoadError, first_line
+from qdrop_onnx.graph.rewrite import Rewrite
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class LoadedModel:
     simplified: bool
     folded_batchnorms: int
     warnings: list[str] = field(default_factory=list)
+    rewrites: list[str] = field(default_factory=list)  # one line per node a target's rewrite changed
 
     @property
     def opset(self) -> int:
@@ -81,19 +83,21 @@ Simplifier = Callable[[onnx.ModelProto], tuple[onnx.ModelProto, bool]]
 
 
 def load_model(source: str | Path | onnx.ModelProto, *, simplify: bool = True,
-               simplifier: Simplifier | None = None) -> LoadedModel:
+               simplifier: Simplifier | None = None, rewrites: Sequence[Rewrite] = ()) -> LoadedModel:
     """Load, validate and clean an ONNX model.
 
     Args:
         source: path to a ``.onnx`` file (external data next to it is read too) or a ModelProto (copied).
         simplify: run the simplifier; a failure there is not fatal (warned once, unsimplified graph kept).
         simplifier: ``model -> (model, ok)``; default ``onnxsim.simplify(model, check_n=0)``.
+        rewrites: exact rewrites a deployment target asks for (``TargetProfile.rewrites``), applied to the
+            cleaned model.
 
     Raises:
         ModelLoadError: the file is missing, not ONNX, truncated, or fails ``onnx.checker``.
     """
     try:
-        return _load_model(source, simplify, simplifier)
+        return _load_model(source, simplify, simplifier, rewrites)
     except UnicodeDecodeError:  # protobuf decodes string fields lazily: a corrupt name fails on first access
         raise ModelLoadError(f"{_display(source)} is not a valid ONNX model (a name or string field is not valid "
                              "UTF-8)") from None
@@ -109,7 +113,7 @@ def _display(source: str | Path | onnx.ModelProto) -> str:
 
 
 def _load_model(source: str | Path | onnx.ModelProto, simplify: bool,
-                simplifier: Simplifier | None) -> LoadedModel:
+                simplifier: Simplifier | None, rewrites: Sequence[Rewrite]) -> LoadedModel:
     path: Path | None = None
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
@@ -135,10 +139,13 @@ def _load_model(source: str | Path | onnx.ModelProto, simplify: bool,
     _constants_to_initializers(model)
     if static_reshape_targets(model):
         remove_dead_nodes(model)
+    rewritten = [line for rewrite in rewrites for line in rewrite(model)]
+    for line in rewritten:
+        log.info("rewritten for the target: %s", line)
     model = _infer_shapes(model)
     _name_nodes(model)
     return LoadedModel(model=model, source=name, simplified=simplified, folded_batchnorms=folded,
-                       warnings=warnings)
+                       warnings=warnings, rewrites=rewritten)
 
 
 def _check_finite(model: onnx.ModelProto) -> None:

@@ -101,10 +101,11 @@ class OnnxGraphModule(nn.Module):
         # Not registered as a child: it shares ``self.ops`` and would duplicate every parameter.
         object.__setattr__(self, "_graph", self.subgraph([ln.name for ln in nodes], input_names, output_names))
 
-    def set_tensor_modules(self, modules: dict[str, nn.Module]) -> None:
+    def set_tensor_modules(self, modules: dict[str, nn.Module], on_outputs: bool = True) -> None:
         """Apply ``modules[t]`` to tensor ``t`` right where it is produced (or enters a subgraph).
 
-        Every consumer then sees the transformed tensor; this is how activation quantizers are inserted.
+        Every consumer then sees the transformed tensor; this is how activation quantizers are inserted. With
+        ``on_outputs`` the whole graph's outputs are the transformed tensors too (else as produced).
         Replaces any previous mapping and regenerates the forward code.
         """
         unknown = [t for t in modules if t not in self._known_tensors()]
@@ -114,7 +115,8 @@ class OnnxGraphModule(nn.Module):
         self._tensor_attr = {t: _identifier(t, taken, "t_") for t in modules}
         self.tensor_ops = nn.ModuleDict({self._tensor_attr[t]: m for t, m in modules.items()})
         names = [ln.name for ln in self.nodes]
-        object.__setattr__(self, "_graph", self.subgraph(names, self.input_names, self.output_names))
+        object.__setattr__(self, "_graph", self.subgraph(names, self.input_names, self.output_names,
+                                                         transform_outputs=on_outputs))
 
     def side_tensors(self) -> set[str]:
         """Side inputs and every tensor computed only from them and constants (masks, position ids).
@@ -153,12 +155,13 @@ class OnnxGraphModule(nn.Module):
         return {ln.name: ln.module for ln in self.nodes if isinstance(ln.module, WeightedOp)}
 
     def subgraph(self, node_names: Sequence[str], inputs: Sequence[str], outputs: Sequence[str],
-                 transform_inputs: bool = True) -> fx.GraphModule:
+                 transform_inputs: bool = True, transform_outputs: bool = False) -> fx.GraphModule:
         """A module running ``node_names`` (in graph order): ``forward(*inputs) -> tuple(outputs)``.
 
         Tensor modules (see :meth:`set_tensor_modules`) are applied to produced tensors and, when
         ``transform_inputs``, to the subgraph's inputs; outputs are returned as produced (a tensor module
-        on an output is applied by its consumer's subgraph instead, never twice).
+        on an output is applied by its consumer's subgraph instead, never twice), or transformed with
+        ``transform_outputs`` (the whole graph: its outputs as the exported file computes them).
         """
         wanted = set(node_names)
         graph = fx.Graph()
@@ -189,7 +192,7 @@ class OnnxGraphModule(nn.Module):
         missing = [t for t in outputs if t not in raw]
         if missing:
             raise ValueError(f"subgraph: outputs {missing} are not computed by its nodes")
-        graph.output(tuple(raw[t] for t in outputs))
+        graph.output(tuple((env if transform_outputs else raw)[t] for t in outputs))
         return fx.GraphModule(self, graph)
 
 

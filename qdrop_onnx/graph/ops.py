@@ -785,6 +785,35 @@ def lower_transpose(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, transpose, positions=[0])
 
 
+@register("DepthToSpace", traits=MOVES_DATA)
+def lower_depth_to_space(node: OnnxNode, ctx: LoweringContext) -> Lowered:
+    block = int(node.attr("blocksize"))
+    mode = node.attr("mode", "DCR")
+    if mode not in ("DCR", "CRD"):
+        raise Unsupported(f"DepthToSpace(mode={mode})")
+
+    def depth_to_space(x: Tensor) -> Tensor:
+        if mode == "CRD":  # channel c*b*b + i*b + j -> pixel (i, j) of channel c: torch's pixel shuffle
+            return F.pixel_shuffle(x, block)
+        n, c, h, w = x.shape  # DCR: channel (i*b + j)*C + c
+        y = x.reshape(n, block, block, c // (block * block), h, w).permute(0, 3, 4, 1, 5, 2)
+        return y.reshape(n, c // (block * block), h * block, w * block)
+
+    return _apply(node, ctx, depth_to_space, positions=[0])
+
+
+@register("SpaceToDepth", traits=MOVES_DATA)
+def lower_space_to_depth(node: OnnxNode, ctx: LoweringContext) -> Lowered:
+    block = int(node.attr("blocksize"))
+
+    def space_to_depth(x: Tensor) -> Tensor:  # pixel (i, j) of channel c -> channel (i*b + j)*C + c
+        n, c, h, w = x.shape
+        y = x.reshape(n, c, h // block, block, w // block, block).permute(0, 3, 5, 1, 2, 4)
+        return y.reshape(n, c * block * block, h // block, w // block)
+
+    return _apply(node, ctx, space_to_depth, positions=[0])
+
+
 @register("Concat", traits=KEEPS_SIGN)
 def lower_concat(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     axis = int(node.attr("axis"))

@@ -78,6 +78,8 @@ class QuantConfig:
     weight_asymmetric: bool = False
     first_last_bits: int = 8
     quantize_first_last: bool = False
+    # True: no quantizer on a graph output (a conv writing the model's output then runs in float on ORT CPU)
+    float_outputs: bool = False
     residual_bits: int = 8
     embedding_bits: int = 8  # tables of Gather on a constant (word/position/token-type embeddings)
     exclude: list[str] = field(default_factory=list)

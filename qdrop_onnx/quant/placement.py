@@ -13,8 +13,8 @@
 - Where the target fuses a conv only with a quantizer on its output (ONNX Runtime: DQ -> Conv -> Q), the
   output of every quantized Conv/ConvTranspose (or of the Relu/Clip right after it) that nothing above
   quantizes, at the target's ``output_bits`` (8): before HardSwish, HardSigmoid, GELU, pooling or Concat,
-  those convs ran in float (a MobileNetV3-style net: 3 of 9 on integers). Not a graph output: export keeps
-  its float producer, so a quantizer there would fuse nothing.
+  those convs ran in float (a MobileNetV3-style net: 3 of 9 on integers). A graph output too, unless
+  ``float_outputs``: the model's output is then that quantizer's dequantized value.
 - Activation x activation MatMuls (attention's Q.K^T and softmax.V): both inputs at ``a_bits``.
 - Embedding tables (Gather from a constant float table by run-time ids) per row at ``embedding_bits``
   (default 8, the E8 of the QDrop paper's BERT setting), round to nearest: they are not learned (a
@@ -233,8 +233,9 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
             users = consumers.get(out, [])
             if len(users) == 1 and users[0].node.op_type in target.fused_before_q:
                 out = users[0].node.outputs[0]
-            # A graph output keeps its float producer in the file, so a quantizer there would fuse nothing.
-            if out in act_bits or out in side or out in outputs:
+            # A graph output too (a detector's map): export writes its Q -> DQ into the output, so the conv
+            # that writes it fuses like any other; --float-outputs keeps it float.
+            if out in act_bits or out in side or (out in outputs and config.float_outputs):
                 continue
             act_bits[out] = target.output_bits
             reasons[out] = f"output of {ln.name} (so the runtime fuses it into an integer kernel)"

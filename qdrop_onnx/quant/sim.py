@@ -72,7 +72,7 @@ class QuantSim:
                                              seed=config.seed + i, signed=spec.signed, symmetric=spec.symmetric)
             for i, spec in enumerate(plan.activations.values())
         }
-        graph.set_tensor_modules(dict(self.acts))
+        graph.set_tensor_modules(dict(self.acts), on_outputs=not config.float_outputs)
         self.weights: dict[str, WeightQuantizer] = {}
         self.biases: dict[str, BiasQuantizer] = {}
         for name, spec in plan.weights.items():

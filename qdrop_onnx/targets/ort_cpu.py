@@ -6,6 +6,7 @@ below 8 bits only on request: ``--weight-asymmetric``; placement keeps 8-bit wei
 8 bits live in 8-bit containers (``int8``) or in INT4/INT2 types (``native``, which ORT 1.32 runs in float).
 """
 
+from qdrop_onnx.graph.rewrite import conv_transpose_as_conv
 from qdrop_onnx.targets.profile import TargetProfile
 
 PROFILE = TargetProfile(
@@ -16,4 +17,7 @@ PROFILE = TargetProfile(
     # with a float output too. 8 bits, as the residual-output quantizers: it is there for the fusion, not to save
     # bits (a Keras-style CNN's last conv, before GlobalAveragePool, ran in float without it; a MobileNetV3-style
     # net's convs before HardSwish, HardSigmoid, GELU, Concat and the output map did too: 3 of 9 on integers).
-    output_quantized_ops=("Conv", "ConvTranspose"), fused_before_q=("Relu", "Clip"), output_bits=8)
+    output_quantized_ops=("Conv", "ConvTranspose"), fused_before_q=("Relu", "Clip"), output_bits=8,
+    # It has no integer ConvTranspose (DQ -> ConvTranspose -> Q runs in float, a MobileNetV3-style net's
+    # upsampling among it): the same values as a Conv and a DepthToSpace, which it runs on integers.
+    rewrites=(conv_transpose_as_conv,))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from qdrop_onnx.errors import QdropError
+from qdrop_onnx.graph.rewrite import Rewrite
 
 if TYPE_CHECKING:
     from qdrop_onnx.quant.config import QuantConfig
@@ -39,6 +40,8 @@ class TargetProfile:
     output), None where the runtime needs none.
     ``default_w_bits``/``default_a_bits``: the widths a configuration that names this target
     but no width gets (:meth:`QuantConfig.from_dict <qdrop_onnx.quant.config.QuantConfig.from_dict>`).
+    ``rewrites``: exact graph rewrites (:mod:`qdrop_onnx.graph.rewrite`) applied when the model is loaded, into
+    ops the runtime has integer kernels for (ONNX Runtime's CPU provider: ConvTranspose as Conv + DepthToSpace).
     """
 
     name: str
@@ -57,6 +60,7 @@ class TargetProfile:
     fused_before_q: tuple[str, ...] = ()
     output_bits: int | None = None
     verifier: str = "onnxruntime"
+    rewrites: tuple[Rewrite, ...] = ()
 
     def refusal(self, config: QuantConfig) -> str | None:
         """The first setting of ``config`` this target cannot run, as one line; None when it can run all."""
