@@ -30,7 +30,7 @@ import argparse
 import json
 import os
 import platform
-import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -112,10 +112,6 @@ def machine() -> dict[str, object]:
             "cpu_cores": os.cpu_count(), "machine": platform.machine(), "cuda": cuda}
 
 
-def _cap_address_space(limit_bytes: int) -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-
-
 @dataclass
 class ProcessUsage:
     """What one child process cost: exit code, wall seconds, peak RSS (MB), user and system CPU seconds."""
@@ -129,23 +125,30 @@ class ProcessUsage:
 
 def run_measured(command: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None,
                  limit_bytes: int | None = None) -> ProcessUsage:
-    """Run ``command`` (output to ``log``) and measure that process alone (``wait4``'s resource usage).
+    """Run ``command`` (output to ``log``) and measure that process alone: ``wait4``'s resource usage, taken
+    by ``bench/launch.py`` so that this process's own size is not counted in the child's peak.
     ``limit_bytes`` caps its address space, so a job that wants more memory fails (a row saying so)
     instead of the machine swapping."""
     start = time.perf_counter()
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+    with tempfile.TemporaryDirectory() as tmp, log.open("w") as out:
+        usage_file = Path(tmp) / "usage.json"
+        launcher = [sys.executable, "-S", str(Path(__file__).with_name("launch.py")), str(usage_file),
+                    str(limit_bytes or 0), "--"]
+        # Its own session, so an interrupt here can stop the command too (the launcher's child).
+        process = subprocess.Popen(launcher + command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
                                    env=env if env is not None else {**os.environ, "PYTHONPATH": str(ROOT.parent)},
-                                   preexec_fn=(lambda: _cap_address_space(limit_bytes)) if limit_bytes else None)
+                                   start_new_session=True)
         try:
-            _, status, usage = os.wait4(process.pid, 0)
+            process.wait()
         except BaseException:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             raise
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return ProcessUsage(process.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024.0,
-                        usage.ru_utime, usage.ru_stime)
+        if process.returncode != 0 or not usage_file.exists():
+            raise RuntimeError(f"bench/launch.py failed (exit {process.returncode}) running {command[0]}; see {log}")
+        usage = json.loads(usage_file.read_text())
+    return ProcessUsage(usage["code"], time.perf_counter() - start, usage["maxrss_kb"] / 1024.0, usage["user"],
+                        usage["system"])
 
 
 def run_process(command: list[str], job_file: Path, log: Path,
