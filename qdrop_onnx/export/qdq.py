@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qdrop_onnx.errors import QdropError, first_line
 from qdrop_onnx.export.encoding import Container, activation_container, int_tensor, weight_container
 from qdrop_onnx.graph.load import default_opset
+from qdrop_onnx.graph.rewrite import drop_unused_initializers
 from qdrop_onnx.params import ActivationParams, QuantParams, TableParams, WeightParams
 
 INT32 = Container(TensorProto.INT32, 32, 13)
@@ -293,11 +294,7 @@ def build_qdq_model(model: onnx.ModelProto, params: QuantParams, fmt: str = "int
         ordered += after.get(node.name, [])
     del graph.node[:]
     graph.node.extend(ordered)
-    # Drop the float weights that nothing reads any more.
-    used = {name for n in graph.node for name in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    drop_unused_initializers(out)  # the float weights that nothing reads any more
     del graph.value_info[:]
     return out
 

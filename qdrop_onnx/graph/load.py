@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from qdrop_onnx.errors import ModelLoadError, first_line
-from qdrop_onnx.graph.rewrite import Rewrite
+from qdrop_onnx.graph.rewrite import Rewrite, drop_unused_initializers
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def fold_batchnorm_into_conv(model: onnx.ModelProto) -> int:
         keep = [n for n in graph.node if n.name not in removed]
         del graph.node[:]
         graph.node.extend(keep)
-        _drop_unused_initializers(model)
+        drop_unused_initializers(model)
     return folded
 
 
@@ -403,7 +403,7 @@ def fold_batchnorm_into_consumers(model: onnx.ModelProto) -> int:
         keep = [n for n in graph.node if n.name not in removed]
         del graph.node[:]
         graph.node.extend(keep)
-        _drop_unused_initializers(model)
+        drop_unused_initializers(model)
     return len(removed)
 
 
@@ -413,15 +413,6 @@ def _set_weights(graph: onnx.GraphProto, node: onnx.NodeProto, index: int, value
     while len(node.input) <= index:
         node.input.append("")
     node.input[index] = name
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {name for node in model.graph.node for name in node.input}
-    used |= {o.name for o in model.graph.output}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    if len(keep) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None] | None:
@@ -487,4 +478,4 @@ def remove_dead_nodes(model: onnx.ModelProto) -> None:
             break
         del graph.node[:]
         graph.node.extend(keep)
-    _drop_unused_initializers(model)
+    drop_unused_initializers(model)

@@ -97,11 +97,18 @@ def conv_transpose_as_conv(model: onnx.ModelProto) -> list[str]:
     if done:
         del graph.node[:]
         graph.node.extend(rewritten)
-        used = {name for n in graph.node for name in n.input}
-        keep = [t for t in graph.initializer if t.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+        drop_unused_initializers(model)
     return done
+
+
+def drop_unused_initializers(model: onnx.ModelProto) -> None:
+    """Remove the initializers no node reads and no graph output names (a rewrite's replaced weights)."""
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
 
 
 def _rewrite_one(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
