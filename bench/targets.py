@@ -8,7 +8,7 @@ count the weighted layers OpenVINO executed in int8, and time both files at batc
 ``--repeats``) in both runtimes, all in one invocation. Writes ``bench/results/targets.json`` and prints the
 table; without the openvino package it says so and measures ONNX Runtime only.
 
-    python -m bench.targets --models resnet20_cifar10,resnet56_cifar10 --w 8,4
+    python -m bench.targets --models resnet20_cifar10,resnet56_cifar10 --w 8,4 [--method qdrop --iters N]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _sessions(path: Path, runtimes: list[str]) -> dict[str, Any]:
 
 
 def run_model(model: str, widths: list[int], method: str, samples: int, repeats: int, work: Path,
-              runtimes: list[str]) -> list[dict[str, Any]]:
+              runtimes: list[str], iters: int = 2000) -> list[dict[str, Any]]:
     bench = MODELS[model]
     options = DataOptions(preset=bench.preset)
     spec = input_specs(load_model(bench.path, simplify=False).model)
@@ -56,7 +56,8 @@ def run_model(model: str, widths: list[int], method: str, samples: int, repeats:
     float_latency = {r: (latency(s, 1), latency(s, 32)) for r, s in floats.items()}
     rows = []
     for w in widths:
-        config = QuantConfig.from_dict({"target": "openvino", "w_bits": w, "method": method, "samples": samples})
+        config = QuantConfig.from_dict({"target": "openvino", "w_bits": w, "method": method, "samples": samples,
+                                        "iters": iters})
         out = work / f"{model}.w{w}a8.onnx"
         start = time.perf_counter()
         quantize(bench.path, ASSETS / bench.calib, config, out, data=options)
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="rtn", choices=["rtn", "adaround", "brecq", "qdrop"])
     parser.add_argument("--samples", type=int, default=256, help="Calibration samples.")
     parser.add_argument("--repeats", type=int, default=50, help="Latency runs per measurement (median).")
+    parser.add_argument("--iters", type=int, default=2000, help="Reconstruction steps per block (not rtn).")
     args = parser.parse_args(argv)
     runtimes = ["onnxruntime"] + (["openvino"] if openvino_available() else [])
     absent = [] if "openvino" in runtimes else ["openvino"]
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
             rows += run_model(model, [int(w) for w in args.w.split(",")], args.method, args.samples, args.repeats,
-                              Path(tmp), runtimes)
+                              Path(tmp), runtimes, args.iters)
     print(table(rows, runtimes))
     if absent:
         print(f"absent runtimes (not measured): {', '.join(absent)}; TensorRT needs a GPU (not measured here)")
