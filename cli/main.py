@@ -631,10 +631,7 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
         cmp = verification.comparison
         where = "ONNX Runtime" if verification.runtime == "onnxruntime" else "OpenVINO"
         click.echo(f"verification in {where} on {cmp.count} samples of {verification.data}:")
-        from qdrop_onnx.api import left_in_float
-
-        left = left_in_float(result, verification.coverage, verification.runtime) if verification.coverage else None
-        _echo_verification_table(verification.to_dict(), verification.coverage, left)
+        _echo_verification_table(verification.to_dict(), verification.coverage, verification.left_in_float)
     if report_files:
         click.echo("report: " + ", ".join(str(p) for p in report_files.values()))
 
@@ -787,7 +784,6 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
         build_report,
         default_checkpoint,
         default_output,
-        left_in_float,
         verify,
     )
     from qdrop_onnx.api import quantize as run_quantize
@@ -874,7 +870,7 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
                    "input_bytes": Path(model).stat().st_size, "output_bytes": out.stat().st_size,
                    "verification": verification.to_dict(),
                    "coverage": {"integer": cov.integer, "float": cov.float,
-                                "left_in_float": left_in_float(result, cov, verification.runtime)} if cov else None,
+                                "left_in_float": verification.left_in_float} if cov else None,
                    "gate_missed": misses,
                    "allocation": _allocation_summary(result.allocation)}
         click.echo(json.dumps(json_safe(summary), indent=2))

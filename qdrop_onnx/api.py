@@ -328,14 +328,15 @@ def sensitivity(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset
 
 @dataclass
 class Verification:
-    """FP vs quantized in ``runtime`` (:class:`Comparison`), where the samples came from, and the integer
-    kernels that runtime executed."""
+    """FP vs quantized in ``runtime`` (:class:`Comparison`), where the samples came from, the integer
+    kernels that runtime executed, and each weighted op it left in float with the reason (:func:`left_in_float`)."""
 
     comparison: Comparison
     data: str
     held_out: bool
     coverage: KernelCoverage | None = None
     runtime: str = "onnxruntime"
+    left_in_float: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {**self.comparison.to_dict(), "data": self.data, "held_out": self.held_out, "runtime": self.runtime}
@@ -390,7 +391,8 @@ def verify(result: QuantResult, reference: str | Path, eval_data: str | Path | N
                                     runtime=runtime)
     warn_if_near_chance(comparison.reference_top1, output_classes(result.model), source)
     coverage = runtime_coverage(result.output, runtime, session=quantized)
-    return Verification(comparison, source, held_out, coverage, runtime)
+    left = left_in_float(result, coverage, runtime) if coverage is not None else []
+    return Verification(comparison, source, held_out, coverage, runtime, left)
 
 
 def weight_sqnr(result: QuantResult) -> dict[str, float]:
@@ -459,7 +461,7 @@ def build_report(result: QuantResult, model: str | Path, verification: Verificat
     if verification is not None and verification.coverage is not None:
         cov = verification.coverage
         coverage = {"integer": cov.integer, "float": cov.float, "fraction": cov.fraction,
-                    "left_in_float": left_in_float(result, cov, verification.runtime)}
+                    "left_in_float": verification.left_in_float}
     return QuantReport(
         tool="qdrop-onnx", version=tool_version,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
