@@ -58,7 +58,7 @@ def _axis(kernel: int, stride: int, pad_begin: int, pad_end: int, output_padding
     return _Axis(stride, tuple(phases), low, length, max(0, pad), stride * (per_phase + extra) - extent)
 
 
-def _int_attr(node: onnx.NodeProto, name: str, default: object) -> object:
+def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
@@ -116,18 +116,18 @@ def _rewrite_one(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
     if len(node.input) < 2 or node.input[1] not in inits:
         return None
     weight = numpy_helper.to_array(inits[node.input[1]])
-    if weight.ndim != 4 or _int_attr(node, "output_shape", None) is not None:
+    if weight.ndim != 4 or _attr(node, "output_shape", None) is not None:
         return None
-    if _int_attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+    if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         return None
     bias_name = node.input[2] if len(node.input) > 2 else ""
     if bias_name and bias_name not in inits:
         return None
-    strides = list(_int_attr(node, "strides", [1, 1]))
-    dilations = list(_int_attr(node, "dilations", [1, 1]))
-    pads = list(_int_attr(node, "pads", [0, 0, 0, 0]))
-    output_padding = list(_int_attr(node, "output_padding", [0, 0]))
-    groups = int(_int_attr(node, "group", 1))
+    strides = list(_attr(node, "strides", [1, 1]))
+    dilations = list(_attr(node, "dilations", [1, 1]))
+    pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+    output_padding = list(_attr(node, "output_padding", [0, 0]))
+    groups = int(_attr(node, "group", 1))
     if strides[0] != strides[1] or any(d != 1 for d in dilations):
         return None
     s = strides[0]
