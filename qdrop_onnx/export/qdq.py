@@ -21,8 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qdrop_onnx.errors import QdropError, first_line
 from qdrop_onnx.export.encoding import Container, activation_container, int_tensor, weight_container
-from qdrop_onnx.graph.load import default_opset
-from qdrop_onnx.graph.rewrite import drop_unused_initializers
+from qdrop_onnx.graph.proto import default_opset, drop_unused_initializers
 from qdrop_onnx.params import ActivationParams, QuantParams, TableParams, WeightParams
 
 INT32 = Container(TensorProto.INT32, 32, 13)

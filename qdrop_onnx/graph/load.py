@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from qdrop_onnx.errors import ModelLoadError, first_line
-from qdrop_onnx.graph.rewrite import Rewrite, drop_unused_initializers
+from qdrop_onnx.graph.proto import attr as _attr
+from qdrop_onnx.graph.proto import default_opset, drop_unused_initializers
+from qdrop_onnx.graph.rewrite import Rewrite
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +44,6 @@ class LoadedModel:
     @property
     def opset(self) -> int:
         return default_opset(self.model)
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    """The opset version of the default ('' / ai.onnx) domain."""
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return imp.version
-    raise ModelLoadError("model imports no version of the default ONNX domain")
 
 
 def _read(path: Path) -> onnx.ModelProto:
@@ -301,10 +295,6 @@ def _bn_affine(bn: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[
     scale, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
     s = scale / np.sqrt(var + eps)
     return s, beta - mean * s
-
-
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _unpadded_conv(node: onnx.NodeProto, tensor: str, inits: dict[str, onnx.TensorProto]) -> bool:

@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from qdrop_onnx.graph.proto import attr, default_opset, drop_unused_initializers
+
 Rewrite = Callable[[onnx.ModelProto], list[str]]
 
 
@@ -58,17 +60,6 @@ def _axis(kernel: int, stride: int, pad_begin: int, pad_end: int, output_padding
     return _Axis(stride, tuple(phases), low, length, max(0, pad), stride * (per_phase + extra) - extent)
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next((imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), 0)
-
-
 def conv_transpose_as_conv(model: onnx.ModelProto) -> list[str]:
     """Every 2-D ConvTranspose with constant weights and equal strides -> Conv (-> DepthToSpace -> Slice).
 
@@ -79,7 +70,7 @@ def conv_transpose_as_conv(model: onnx.ModelProto) -> list[str]:
     work); kernel 4 stride 2 pad 1 a 3x3 Conv with 4/9 of its taps zero. Left alone: dilations, output_shape,
     auto_pad, unequal strides, dynamic weights, opsets before 11 (DepthToSpace CRD).
     """
-    if _opset(model) < 11:
+    if default_opset(model) < 11:
         return []
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -101,33 +92,23 @@ def conv_transpose_as_conv(model: onnx.ModelProto) -> list[str]:
     return done
 
 
-def drop_unused_initializers(model: onnx.ModelProto) -> None:
-    """Remove the initializers no node reads and no graph output names (a rewrite's replaced weights)."""
-    used = {name for node in model.graph.node for name in node.input}
-    used |= {o.name for o in model.graph.output}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    if len(keep) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-
-
 def _rewrite_one(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
                  ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str] | None:
     if len(node.input) < 2 or node.input[1] not in inits:
         return None
     weight = numpy_helper.to_array(inits[node.input[1]])
-    if weight.ndim != 4 or _attr(node, "output_shape", None) is not None:
+    if weight.ndim != 4 or attr(node, "output_shape", None) is not None:
         return None
-    if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+    if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         return None
     bias_name = node.input[2] if len(node.input) > 2 else ""
     if bias_name and bias_name not in inits:
         return None
-    strides = list(_attr(node, "strides", [1, 1]))
-    dilations = list(_attr(node, "dilations", [1, 1]))
-    pads = list(_attr(node, "pads", [0, 0, 0, 0]))
-    output_padding = list(_attr(node, "output_padding", [0, 0]))
-    groups = int(_attr(node, "group", 1))
+    strides = list(attr(node, "strides", [1, 1]))
+    dilations = list(attr(node, "dilations", [1, 1]))
+    pads = list(attr(node, "pads", [0, 0, 0, 0]))
+    output_padding = list(attr(node, "output_padding", [0, 0]))
+    groups = int(attr(node, "group", 1))
     if strides[0] != strides[1] or any(d != 1 for d in dilations):
         return None
     s = strides[0]
@@ -138,21 +119,16 @@ def _rewrite_one(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
     in_channels, out_per_group = weight.shape[0], weight.shape[1]
     in_per_group = in_channels // groups
     phases = s * s
-    kernel = np.zeros((groups * out_per_group * phases, in_per_group, ah.length, aw.length), weight.dtype)
-    for g in range(groups):
-        block = weight[g * in_per_group:(g + 1) * in_per_group]  # [in/g, out/g, kh, kw]
-        for co in range(out_per_group):
-            for rh in range(s):
-                for rw in range(s):
-                    row = ((g * out_per_group + co) * s + rh) * s + rw
-                    for jh in range(ah.length):
-                        kh = ah.kernel_index(rh, jh)
-                        if kh is None:
-                            continue
-                        for jw in range(aw.length):
-                            kw = aw.kernel_index(rw, jw)
-                            if kw is not None:
-                                kernel[row, :, jh, jw] = block[:, co, kh, kw]
+    # Conv output channel ((g * out/g + co) * s + rh) * s + rw reads input channels of group g.
+    kernel = np.zeros((groups, out_per_group, s, s, in_per_group, ah.length, aw.length), weight.dtype)
+    by_group = weight.reshape(groups, in_per_group, out_per_group, *weight.shape[2:]).transpose(0, 2, 1, 3, 4)
+    for rh, jh in np.ndindex(s, ah.length):
+        kh = ah.kernel_index(rh, jh)
+        for rw, jw in np.ndindex(s, aw.length):
+            kw = aw.kernel_index(rw, jw)
+            if kh is not None and kw is not None:
+                kernel[:, :, rh, rw, :, jh, jw] = by_group[:, :, :, kh, kw]
+    kernel = kernel.reshape(groups * out_per_group * phases, in_per_group, ah.length, aw.length)
     name = node.name or node.output[0]
     tensors = [numpy_helper.from_array(kernel, f"{name}/conv_weight")]
     conv_inputs = [node.input[0], tensors[0].name]
