@@ -7,6 +7,10 @@ what ``--size-kb`` counts; int8-container files are the same size whatever the w
 allocation took (sensitivity plus solver). Writes ``bench/results/mixed.json`` and prints the table.
 
     python -m bench.mixed --models resnet20_cifar10 --method rtn --a 4,3 --seeds 0
+
+The JSON is rewritten after every cell, so a long run that is stopped keeps what it measured; ``--resume``
+skips the cells already in it (same method and steps). ``--weights`` picks cells (e.g. ``W2,avg2.5``) and
+``--name`` the file (``bench/results/<name>.json``), so the seeds that decide a claim can be run apart.
 """
 
 from __future__ import annotations
@@ -26,6 +30,16 @@ from qdrop_onnx.quant.config import QuantConfig
 
 UNIFORM = (2, 3, 4)
 MIXED = (2.5, 3.0, 3.5)
+CELLS = (*(f"W{w}" for w in UNIFORM), *(f"avg{a:g}" for a in MIXED))
+
+
+def parse_cell(cell: str) -> tuple[int | None, float | None]:
+    """``W3`` -> (3, None), ``avg2.5`` -> (None, 2.5)."""
+    if cell.startswith("W"):
+        return int(cell[1:]), None
+    if cell.startswith("avg"):
+        return None, float(cell[3:])
+    raise ValueError(f"a cell is W<bits> or avg<bits>, got {cell!r}")
 
 
 def weight_kb(result: object) -> float:
@@ -54,7 +68,15 @@ def table(rows: list[dict[str, object]]) -> str:
         cells.setdefault((r["model"], r["a"], r["weights"]), []).append(r)
     lines = ["| model | act | weights | top-1 (mean ± sd over seeds) | seeds | weight kB | allocation s |",
              "|---|---|---|---|---|---|---|"]
-    for (model, a, weights), group in cells.items():
+    models = list(dict.fromkeys(r["model"] for r in rows))
+
+    def order(key: tuple[object, object, object]) -> tuple[int, int, float, bool]:
+        model, a, weights = key
+        w = str(weights)
+        bits = float(w[1:]) if w.startswith("W") else float(w.split()[1])
+        return models.index(model), -int(a), bits, not w.startswith("W")  # type: ignore[call-overload]
+
+    for (model, a, weights), group in sorted(cells.items(), key=lambda kv: order(kv[0])):
         tops = [float(r["top1"]) for r in group]  # type: ignore[arg-type]
         spread = f" ± {statistics.stdev(tops):.2f}" if len(tops) > 1 else ""
         alloc = group[0].get("allocation_s", "")
@@ -70,8 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="qdrop")
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--weights", default=",".join(CELLS), help="cells, comma-separated (W2, avg2.5, ...)")
+    parser.add_argument("--name", default="mixed", help="results file: bench/results/NAME.json")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of NAME.json, run only the rest")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    try:
+        cells = [parse_cell(c) for c in args.weights.split(",")]
+    except ValueError as e:
+        print(f"bench.mixed: {e}", file=sys.stderr)
+        return 2
     if not ASSETS.is_dir():
         print(f"bench.mixed: real assets not found at {ASSETS}; nothing to measure", file=sys.stderr)
         return 1
@@ -79,22 +109,35 @@ def main(argv: list[str] | None = None) -> int:
     if any(m not in MODELS for m in models):
         print(f"bench.mixed: unknown model in {args.models!r}", file=sys.stderr)
         return 2
-    rows = []
+    path = args.results / f"{args.name}.json"
+    rows: list[dict[str, object]] = []
+    if args.resume and path.is_file():
+        old = json.loads(path.read_text())
+        if (old["method"], old["iters"]) == (args.method, args.iters):
+            rows = old["rows"]
+    done = {(r["model"], r["a"], r["weights"], r["seed"]) for r in rows}
     start = time.perf_counter()
+    args.results.mkdir(parents=True, exist_ok=True)
+
+    def save() -> str:
+        text = table(rows)
+        path.write_text(json.dumps(
+            {"meta": machine(), "method": args.method, "iters": args.iters, "seeds": args.seeds,
+             "seconds": round(time.perf_counter() - start, 1), "rows": rows, "table": text}, indent=2))
+        return text
+
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             for a in (int(v) for v in args.a.split(",")):
                 for seed in (int(v) for v in args.seeds.split(",")):
-                    for w in UNIFORM:
-                        rows.append(run_cell(model, a, w, None, args.method, args.iters, seed, Path(tmp)))
-                    for avg in MIXED:
-                        rows.append(run_cell(model, a, None, avg, args.method, args.iters, seed, Path(tmp)))
-    text = table(rows)
+                    for w, avg in cells:
+                        if (model, a, f"W{w}" if w else f"avg {avg:g}", seed) in done:
+                            continue
+                        rows.append(run_cell(model, a, w, avg, args.method, args.iters, seed, Path(tmp)))
+                        print(json.dumps(rows[-1]), flush=True)
+                        save()
+    text = save()
     print(f"mixed precision, --method {args.method} --iters {args.iters}, seeds {args.seeds}\n\n{text}")
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "mixed.json").write_text(json.dumps(
-        {"meta": machine(), "method": args.method, "iters": args.iters, "seeds": args.seeds,
-         "seconds": round(time.perf_counter() - start, 1), "rows": rows, "table": text}, indent=2))
     return 0
 
 

@@ -235,6 +235,9 @@ def inspect(model: str, max_block_weights: int) -> None:
 @click.option("--samples", type=click.IntRange(min=1), default=128, show_default=True,
               help="Calibration samples each measurement runs on.")
 @click.option("--weight-asymmetric", is_flag=True, help="Asymmetric per-channel weights below 8 bits.")
+@click.option("--activations", is_flag=True,
+              help="Measure the input activations of the layers too (one tensor quantized at a time, at the same "
+                   "widths): what `quantize --avg-a-bits` allocates by.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Base path: writes PATH.json and PATH.png. [default: <model stem>.sensitivity beside the model]")
@@ -243,13 +246,15 @@ def inspect(model: str, max_block_weights: int) -> None:
 @click.option("--json", "json_out", is_flag=True, help="Print the table as JSON on stdout instead.")
 @_text_options
 def sensitivity_cmd(model: str, calib: str, widths: list[int], samples: int, weight_asymmetric: bool,
-                    batch_size: int, output: str | None, preset: str | None, mean: tuple[float, float, float] | None,
+                    activations: bool, batch_size: int, output: str | None, preset: str | None,
+                    mean: tuple[float, float, float] | None,
                     std: tuple[float, float, float] | None, size: tuple[int, int] | None, resize: int | None,
                     device: str, json_out: bool, tokenizer: str | None, max_length: int) -> None:
     """Measure how much each weighted layer's narrower weights hurt: per layer and width, the relative
     squared error of the model's outputs against the float model with only that layer quantized (round to
-    nearest after the range search). What `quantize --avg-w-bits/--size-kb` allocates by. Prints a table,
-    writes it as JSON and a PNG."""
+    nearest after the range search). What `quantize --avg-w-bits/--size-kb` allocates by; with
+    --activations, the same for each layer's input activation (`--avg-a-bits`). Prints a table, writes it as
+    JSON and a PNG."""
     import json
 
     from qdrop_onnx.api import sensitivity
@@ -267,7 +272,7 @@ def sensitivity_cmd(model: str, calib: str, widths: list[int], samples: int, wei
     config = QuantConfig(weight_asymmetric=weight_asymmetric, batch_size=batch_size, sensitivity_samples=samples,
                          alloc_widths=widths)
     data = _data_options(preset, mean, std, size, resize, tokenizer, max_length, calib, None)
-    table = sensitivity(model, calib, config, data=data, device=device,
+    table = sensitivity(model, calib, config, data=data, device=device, activations=activations,
                         progress=_sensitivity_progress(not json_out))
     document = json_safe(table.to_dict())
     write_atomic(paths["json"], lambda tmp: tmp.write_text(json.dumps(document, indent=2)))
@@ -282,6 +287,11 @@ def sensitivity_cmd(model: str, calib: str, widths: list[int], samples: int, wei
         fixed = f"  fixed: {layer.fixed}" if layer.fixed else ""
         click.echo(f"  {layer.node[-44:]:<44} {layer.params:>9,} "
                    + " ".join(f"{layer.error[b]:>10.3g}" for b in table.widths) + fixed)
+    if table.activations:
+        click.echo(f"  {'input activation':<44} {'elements':>9} " + " ".join(f"{f'A{b}':>10}" for b in table.widths))
+        for act in table.activations:
+            click.echo(f"  {act.tensor[-44:]:<44} {act.elements:>9,} "
+                       + " ".join(f"{act.error[b]:>10.3g}" for b in table.widths))
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -524,7 +534,7 @@ class QuantizeCommand(GroupedOptionsCommand):
         ("Quantization", ("w_bits", "a_bits", "method", "target", "format", "weight_asymmetric", "quantize_first_last",
                           "float_outputs", "first_last_bits", "residual_bits", "embedding_bits", "exclude", "layers",
                           "act_init", "lp_norm", "reduce_range")),
-        ("Mixed precision", ("avg_w_bits", "size_kb", "alloc_widths", "sensitivity_samples")),
+        ("Mixed precision", ("avg_w_bits", "size_kb", "avg_a_bits", "alloc_widths", "sensitivity_samples")),
         ("Reconstruction", ("iters", "samples", "calib_act_samples", "batch_size", "drop_prob", "reg_weight",
                             "round_lr", "cache_fp16", "max_cache_gb", "cache_dir", "release_memory", "seed", "device",
                             "checkpoint_dir", "resume")),
@@ -623,10 +633,16 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
     click.echo(f"  size:        {_size_mb(model):.2f} MB -> {_size_mb(out):.2f} MB")
     alloc = result.allocation
     if alloc is not None:
-        hist = Counter(alloc.widths.values())
-        click.echo(f"  allocation:  {alloc.budget}: " + ", ".join(f"{n} at {b}" for b, n in sorted(hist.items()))
-                   + f" bits, mean {alloc.average_bits:.2f} bits, weights {alloc.weight_kb:.1f} kB at their widths "
-                   f"({alloc.seconds:.1f} s)")
+        parts = []
+        if alloc.widths:
+            hist = Counter(alloc.widths.values())
+            parts.append("weights " + ", ".join(f"{n} at {b}" for b, n in sorted(hist.items()))
+                         + f" bits, mean {alloc.average_bits:.2f} bits, {alloc.weight_kb:.1f} kB at their widths")
+        if alloc.a_widths:
+            hist = Counter(alloc.a_widths.values())
+            parts.append("activations " + ", ".join(f"{n} at {b}" for b, n in sorted(hist.items()))
+                         + f" bits, mean {alloc.average_a_bits:.2f} bits by elements")
+        click.echo(f"  allocation:  {alloc.budget}: " + "; ".join(parts) + f" ({alloc.seconds:.1f} s)")
     if verification is not None:
         cmp = verification.comparison
         where = "ONNX Runtime" if verification.runtime == "onnxruntime" else "OpenVINO"
@@ -715,8 +731,13 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
 @click.option("--size-kb", type=float, default=None,
               help="Mixed precision under a size budget instead: every quantized layer's weights at their widths, "
                    "params x bits / 8000.")
+@click.option("--avg-a-bits", type=float, default=None,
+              help="Mixed activations: pick the width of each quantized layer's input (from --alloc-widths) to "
+                   "minimise the summed sensitivity with this mean width, weighted by elements per sample (the "
+                   "bytes moved), over the inputs --a would set; alone or with --avg-w-bits/--size-kb; e.g. 4.0.")
 @click.option("--alloc-widths", callback=lambda ctx, param, v: _parse_widths(param, v), default=None,
-              metavar="B,B,...", help="Weight widths mixed precision picks from. [default: 2,3,4,8]")
+              metavar="B,B,...", help="Widths mixed precision picks from (weights and activations). "
+                                      "[default: 2,3,4,8]")
 @click.option("--sensitivity-samples", type=click.IntRange(min=1), default=None,
               help="Calibration samples the sensitivity of each layer is measured on. [default: 128]")
 @click.option("--act-init", type=click.Choice(["minmax", "percentile", "mse"]), default=None,

@@ -22,8 +22,13 @@ from qdrop_onnx.graph import load_model, lower, partition
 from qdrop_onnx.graph.load import LoadedModel
 from qdrop_onnx.graph.lower import OnnxGraphModule
 from qdrop_onnx.graph.partition import batch_major_tensors
-from qdrop_onnx.mixed.allocate import Allocation, allocate_widths
-from qdrop_onnx.mixed.sensitivity import SensitivityProgress, SensitivityTable, measure_sensitivity
+from qdrop_onnx.mixed.allocate import Allocation, allocatable_activations, allocate_widths
+from qdrop_onnx.mixed.sensitivity import (
+    SensitivityProgress,
+    SensitivityTable,
+    measure_activation_sensitivity,
+    measure_sensitivity,
+)
 from qdrop_onnx.params import QuantParams
 from qdrop_onnx.quant.config import ConfigError, QuantConfig
 from qdrop_onnx.quant.placement import QuantPlan, plan_quantization
@@ -264,8 +269,9 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     methods, one record per block. ``progress(block, step, loss)`` and ``on_block(record)`` report on
     the reconstruction as it runs. ``checkpoint`` saves the learned state after every block and, with
     ``resume``, continues from the blocks a previous identical run finished (same file as without).
-    With a mixed-precision budget (``config.avg_w_bits`` or ``size_kb``), ``allocation_progress(done, total,
-    node)`` reports on the sensitivity measurement after each layer.
+    With a mixed-precision budget (``config.avg_w_bits``, ``size_kb`` or ``avg_a_bits``),
+    ``allocation_progress(done, total, node)`` reports on the sensitivity measurement after each layer (or
+    activation tensor).
 
     The stages, each owning its policy: load (clean and lower the graph, open the data) -> allocate (per-layer
     weight widths under a budget, when one is set) -> plan (which
@@ -289,7 +295,7 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     with reusing_freed_memory() if not config.release_memory else nullcontext():
         with _stage(timings, "calibrate"):
             samples = calibration_samples(dataset, graph, specs, config)
-        if config.avg_w_bits is not None or config.size_kb is not None:
+        if config.allocates:
             with _stage(timings, "allocate"):
                 config, allocation = allocate_widths(graph, config, samples, dev, allocation_progress)
             plan = plan_quantization(graph, config)
@@ -311,10 +317,12 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
 
 def sensitivity(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | object, config: QuantConfig,
                 widths: Sequence[int] | None = None, *, data: DataOptions | None = None, device: str = "auto",
-                progress: SensitivityProgress | None = None) -> SensitivityTable:
+                activations: bool = False, progress: SensitivityProgress | None = None) -> SensitivityTable:
     """Each weighted layer's output error at each of ``widths`` (default ``config.alloc_widths``) with only that
     layer quantized, on ``config.sensitivity_samples`` calibration samples: what ``--avg-w-bits`` allocates
-    by (:mod:`qdrop_onnx.mixed.sensitivity`). Layers ``config`` leaves in float are not measured."""
+    by (:mod:`qdrop_onnx.mixed.sensitivity`). Layers ``config`` leaves in float are not measured. With
+    ``activations``, the table's ``activations`` hold the same for each input activation ``--avg-a-bits``
+    would allocate."""
     config.validate()
     loaded, graph, specs, dataset = _load(model, calib, data, config)
     by_name = {s.name: s for s in specs}
@@ -322,8 +330,13 @@ def sensitivity(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset
     _check_finite(samples)
     dev = pick_device(device)
     graph.to(dev)
-    return measure_sensitivity(graph, plan_quantization(graph, config), config, samples,
-                               widths or config.alloc_widths, dev, progress)
+    plan = plan_quantization(graph, config)
+    widths = widths or config.alloc_widths
+    table = measure_sensitivity(graph, plan, config, samples, widths, dev, progress)
+    if activations:
+        table.activations = measure_activation_sensitivity(graph, plan, config, samples,
+                                                           allocatable_activations(graph, plan), widths, dev, progress)
+    return table
 
 
 @dataclass
@@ -448,8 +461,9 @@ def build_report(result: QuantResult, model: str | Path, verification: Verificat
         tool_version = "unknown"
     sqnr = weight_sqnr(result)
     plan = result.plan
-    layers = [{"node": name, "op_type": spec.op_type, "bits": spec.bits, "symmetric": spec.symmetric,
-               "weight_sqnr_db": sqnr[name], **({"rule": spec.rule} if spec.rule else {})}
+    inputs = {t: spec.bits for t, spec in plan.activations.items()}
+    layers = [{"node": name, "op_type": spec.op_type, "bits": spec.bits, "input_bits": inputs.get(spec.input),
+               "symmetric": spec.symmetric, "weight_sqnr_db": sqnr[name], **({"rule": spec.rule} if spec.rule else {})}
               for name, spec in plan.weights.items()]
     activations = [{"tensor": t, "bits": spec.bits, "reason": spec.reason} for t, spec in plan.activations.items()]
     blocks = [{"index": b.index, "name": b.name, "kind": b.kind, "loss_before": b.loss_before,

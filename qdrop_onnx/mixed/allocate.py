@@ -11,6 +11,11 @@ its width). Budgets:
 - ``size_kb``: every quantized layer's weights at their widths, ``sum(params x bits) / 8`` bytes in kB
   (1000 bytes): the payload at native widths (``--format int8`` stores each weight in a byte whatever its width).
 
+- ``avg_a_bits``: the element-weighted mean width of the allocated activations (the inputs of the layers
+  whose input width ``--a`` sets), elements per sample being what the hardware moves; the other tensors
+  (residual sums, conv outputs, first/last inputs) keep their widths. Weights and activations are two
+  constraints on one additive objective, so each is solved on its own, exactly.
+
 The widths come back as per-layer rules (:class:`LayerRule`, source ``allocation (...)``) appended to the
 configuration, so they resolve in the quantization plan like any other rule and the report names them.
 """
@@ -19,15 +24,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from qdrop_onnx.graph.lower import OnnxGraphModule
-from qdrop_onnx.mixed.sensitivity import SensitivityProgress, SensitivityTable, measure_sensitivity
+from qdrop_onnx.mixed.sensitivity import (
+    SensitivityProgress,
+    SensitivityTable,
+    measure_activation_sensitivity,
+    measure_sensitivity,
+)
 from qdrop_onnx.quant.config import ConfigError, LayerRule, QuantConfig
 from qdrop_onnx.quant.placement import QuantPlan, plan_quantization
 
@@ -36,23 +46,30 @@ log = logging.getLogger("qdrop_onnx")
 
 @dataclass
 class Allocation:
-    """The widths chosen for the allocated layers and what they cost."""
+    """The widths chosen for the allocated layers and activations, and what they cost."""
 
-    budget: str  # e.g. "--avg-w-bits 3"
+    budget: str  # e.g. "--avg-w-bits 3", "--avg-w-bits 3 --avg-a-bits 4"
     widths: dict[str, int]  # allocated node -> weight bits
-    average_bits: float  # parameter-weighted, over the allocated layers
+    average_bits: float | None  # parameter-weighted, over the allocated layers (None: weights not allocated)
     weight_kb: float  # every quantized layer's weights at their widths, kB of params x bits / 8
-    error: float  # summed sensitivity of the chosen widths
+    error: float  # summed sensitivity of the chosen widths (weights and activations)
     seconds: float  # sensitivity and solver together
     sensitivity: SensitivityTable | None = None
+    a_widths: dict[str, int] = field(default_factory=dict)  # allocated activation tensor -> bits
+    average_a_bits: float | None = None  # element-weighted, over the allocated activations
 
     def rules(self) -> list[LayerRule]:
-        return [LayerRule(_exact_pattern(node), w_bits=bits, source=f"allocation ({self.budget})")
-                for node, bits in self.widths.items()]
+        source = f"allocation ({self.budget})"
+        rules = [LayerRule(_exact_pattern(node), w_bits=bits, source=source) for node, bits in self.widths.items()]
+        table = self.sensitivity
+        consumers = {a.tensor: a.consumers for a in table.activations} if table is not None else {}
+        return rules + [LayerRule(_exact_pattern(node), a_bits=bits, source=source)
+                        for tensor, bits in self.a_widths.items() for node in consumers[tensor]]
 
     def to_dict(self) -> dict[str, object]:
         return {"budget": self.budget, "widths": dict(self.widths), "average_bits": self.average_bits,
-                "weight_kb": self.weight_kb, "error": self.error, "seconds": self.seconds,
+                "weight_kb": self.weight_kb, "a_widths": dict(self.a_widths), "average_a_bits": self.average_a_bits,
+                "error": self.error, "seconds": self.seconds,
                 "sensitivity": self.sensitivity.to_dict() if self.sensitivity is not None else None}
 
 
@@ -62,7 +79,10 @@ def _exact_pattern(node: str) -> str:
 
 
 def budget_label(config: QuantConfig) -> str:
-    return f"--avg-w-bits {config.avg_w_bits:g}" if config.avg_w_bits is not None else f"--size-kb {config.size_kb:g}"
+    parts = [f"--avg-w-bits {config.avg_w_bits:g}" if config.avg_w_bits is not None else "",
+             f"--size-kb {config.size_kb:g}" if config.size_kb is not None else "",
+             f"--avg-a-bits {config.avg_a_bits:g}" if config.avg_a_bits is not None else ""]
+    return " ".join(p for p in parts if p)
 
 
 def _params(graph: OnnxGraphModule, plan: QuantPlan) -> dict[str, int]:
@@ -83,16 +103,17 @@ def _bits_cap(config: QuantConfig, plan: QuantPlan, params: dict[str, int], free
     return cap
 
 
-def solve(table: SensitivityTable, params: dict[str, int], nodes: Sequence[str], cap: float) -> dict[str, int]:
-    """Widths for ``nodes`` minimising the summed error with sum(params x bits) <= ``cap`` (exact MILP)."""
+def solve(errors: Mapping[str, Mapping[int, float]], sizes: Mapping[str, int], cap: float) -> dict[str, int]:
+    """A width per item of ``errors`` (item -> width -> error) minimising the summed error with
+    sum(sizes x bits) <= ``cap`` (exact MILP)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
-    widths = list(table.widths)
-    by_node = {layer.node: layer for layer in table.layers}
+    nodes = list(errors)
+    widths = sorted(next(iter(errors.values())))
     n, k = len(nodes), len(widths)
-    cost = np.array([[by_node[node].error[b] for b in widths] for node in nodes]).reshape(-1)
-    one_each = np.kron(np.eye(n), np.ones(k))  # row l: the binaries of layer l sum to 1
-    size = np.array([[params[node] * b for b in widths] for node in nodes], dtype=float).reshape(-1)
+    cost = np.array([[errors[node][b] for b in widths] for node in nodes]).reshape(-1)
+    one_each = np.kron(np.eye(n), np.ones(k))  # row l: the binaries of item l sum to 1
+    size = np.array([[sizes[node] * b for b in widths] for node in nodes], dtype=float).reshape(-1)
     result = milp(cost, integrality=np.ones(n * k), bounds=Bounds(0, 1),
                   constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(size[None, :], -np.inf, cap)],
                   options={"mip_rel_gap": 0.0})
@@ -102,31 +123,66 @@ def solve(table: SensitivityTable, params: dict[str, int], nodes: Sequence[str],
     return {node: widths[j] for node, j in zip(nodes, chosen, strict=True)}
 
 
+def allocatable_activations(graph: OnnxGraphModule, plan: QuantPlan) -> list[str]:
+    """The activation tensors ``--avg-a-bits`` may set: inputs of quantized layers whose input width ``--a``
+    sets, read by no layer with a fixed width and by no activation x activation product (which reads it at
+    ``--a`` whatever its producer's rule says)."""
+    readers: dict[str, list[str | None]] = {}
+    for spec in plan.weights.values():
+        readers.setdefault(spec.input, []).append(spec.a_width_from)
+    products = {ln.node.input(i) for ln in graph.nodes if not ln.weighted for i in ln.traits.integer_inputs}
+    return [t for t, fixed in readers.items()
+            if t in plan.activations and t not in products and all(f is None for f in fixed)]
+
+
 def allocate_widths(graph: OnnxGraphModule, config: QuantConfig, samples: Sequence[Tensor],
                     device: torch.device | None = None,
                     progress: SensitivityProgress | None = None) -> tuple[QuantConfig, Allocation | None]:
     """``config`` with the allocated widths appended as per-layer rules, and the :class:`Allocation`; the
     configuration unchanged (and None) when it sets no budget. ``graph`` is the plain lowered model."""
-    if config.avg_w_bits is None and config.size_kb is None:
+    if not config.allocates:
         return config, None
     start = time.perf_counter()
     plan = plan_quantization(graph, config)
     params = _params(graph, plan)
-    free = [n for n, spec in plan.weights.items() if spec.width_from is None]
     label = budget_label(config)
-    if not free:
-        log.warning("%s: every quantized layer's width is already fixed (first/last layers, --layer-bits): "
-                    "nothing to allocate", label)
-        return config, None
-    cap = _bits_cap(config, plan, params, free)
     count = min(config.sensitivity_samples, len(samples[0]))
-    table = measure_sensitivity(graph, plan, config, [x[:count] for x in samples], config.alloc_widths, device,
-                                progress)
-    widths = solve(table, params, free, cap)
+    measured = [x[:count] for x in samples]
+    weights_budget = config.avg_w_bits is not None or config.size_kb is not None
+    free = [n for n, spec in plan.weights.items() if spec.width_from is None] if weights_budget else []
+    tensors = allocatable_activations(graph, plan) if config.avg_a_bits is not None else []
+    if weights_budget and not free:
+        log.warning("%s: every quantized layer's width is already fixed (first/last layers, --layer-bits): "
+                    "no weight width to allocate", label)
+    if config.avg_a_bits is not None and not tensors:
+        log.warning("%s: every quantized activation's width is already fixed (first/last layers, --layer-bits, "
+                    "activation x activation products): no activation width to allocate", label)
+    if not free and not tensors:
+        return config, None
+    widths: dict[str, int] = {}
+    table = SensitivityTable([], tuple(config.alloc_widths), count, 0.0)
+    if free:
+        cap = _bits_cap(config, plan, params, free)
+        table = measure_sensitivity(graph, plan, config, measured, config.alloc_widths, device, progress)
+        by_node = {layer.node: layer for layer in table.layers}
+        widths = solve({n: by_node[n].error for n in free}, params, cap)
+    a_widths: dict[str, int] = {}
+    if tensors:
+        table.activations = measure_activation_sensitivity(graph, plan, config, measured, tensors,
+                                                           config.alloc_widths, device, progress)
+        by_tensor = {a.tensor: a for a in table.activations}
+        sizes = {t: by_tensor[t].elements for t in tensors}
+        a_cap = float(config.avg_a_bits) * sum(sizes.values())  # type: ignore[arg-type]
+        a_widths = solve({t: by_tensor[t].error for t in tensors}, sizes, a_cap)
     chosen_bits = sum(params[n] * b for n, b in widths.items())
     fixed_bits = sum(params[n] * spec.bits for n, spec in plan.weights.items() if n not in widths)
     by_node = {layer.node: layer for layer in table.layers}
-    allocation = Allocation(label, widths, chosen_bits / sum(params[n] for n in free),
-                            (chosen_bits + fixed_bits) / 8000, sum(by_node[n].error[b] for n, b in widths.items()),
-                            time.perf_counter() - start, table)
+    by_tensor = {a.tensor: a for a in table.activations}
+    error = (sum(by_node[n].error[b] for n, b in widths.items())
+             + sum(by_tensor[t].error[b] for t, b in a_widths.items()))
+    elements = sum(by_tensor[t].elements for t in a_widths)
+    allocation = Allocation(
+        label, widths, chosen_bits / sum(params[n] for n in free) if free else None,
+        (chosen_bits + fixed_bits) / 8000, error, time.perf_counter() - start, table, a_widths,
+        sum(by_tensor[t].elements * b for t, b in a_widths.items()) / elements if a_widths else None)
     return replace(config, layers=[*config.layers, *allocation.rules()]), allocation

@@ -9,6 +9,10 @@ view; it treats the layers as independent (their errors add), which the allocati
 
 Cost: one forward pass of ``samples`` inputs per layer and width (plus the range search), so a few seconds
 for ResNet-20 and minutes for EfficientNet-Lite0 on 2 CPU cores; reconstruction takes hours there.
+
+Activations (``--avg-a-bits``) are measured the same way: one tensor at a time on a ``b``-bit grid (its range
+from the same observer and initialisation as the run's calibration, on these samples), weights and every
+other tensor in float.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from qdrop_onnx.graph.lower import OnnxGraphModule
+from qdrop_onnx.quant.activation import ActivationQuantizer, RangeObserver
 from qdrop_onnx.quant.config import QuantConfig
 from qdrop_onnx.quant.placement import QuantPlan, default_weight_symmetric
 from qdrop_onnx.quant.weight import WeightQuantizer
@@ -45,6 +50,17 @@ class LayerSensitivity:
 
 
 @dataclass
+class ActivationSensitivity:
+    """One activation tensor (the input of ``consumers``): elements per sample and, per width, the output
+    error increase with only this tensor quantized."""
+
+    tensor: str
+    consumers: list[str]
+    elements: int
+    error: dict[int, float]
+
+
+@dataclass
 class SensitivityTable:
     """Every quantized weighted layer of a plan (graph order), measured at ``widths``."""
 
@@ -54,11 +70,12 @@ class SensitivityTable:
     seconds: float
     metric: str = "relative output squared error |y_q - y|^2 / |y|^2, one layer quantized at a time"
     extra: dict[str, Any] = field(default_factory=dict)
+    activations: list[ActivationSensitivity] = field(default_factory=list)  # measured for --avg-a-bits only
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for layer in out["layers"]:
-            layer["error"] = {str(b): e for b, e in layer["error"].items()}  # JSON keys are strings
+        for row in [*out["layers"], *out["activations"]]:
+            row["error"] = {str(b): e for b, e in row["error"].items()}  # JSON keys are strings
         return out
 
 
@@ -71,6 +88,27 @@ def _outputs(graph: OnnxGraphModule, batch: Sequence[Tensor]) -> tuple[Tensor, .
     return tuple(t.float() for t in (out if isinstance(out, tuple) else (out,)))
 
 
+class _Errors:
+    """The float model's outputs on ``samples`` (in batches), and each later run's relative error to them."""
+
+    def __init__(self, graph: OnnxGraphModule, samples: Sequence[Tensor], batch_size: int,
+                 device: torch.device) -> None:
+        count = len(samples[0])
+        self.graph = graph
+        self.batches = [[x[i:i + batch_size].to(device) for x in samples] for i in range(0, count, batch_size)]
+        self.reference = [_outputs(graph, b) for b in self.batches]
+        # Per output tensor, over all samples: |y|^2.
+        self.scale = [sum(float((ref[k].double() ** 2).sum()) for ref in self.reference)
+                      for k in range(len(self.reference[0]))]
+
+    def error(self) -> float:
+        """The mean over outputs of |y_q - y|^2 / |y|^2 for the graph as it is now set up."""
+        sums = [_squared_errors(ref, _outputs(self.graph, b))
+                for ref, b in zip(self.reference, self.batches, strict=True)]
+        per_output = [sum(s[k] for s in sums) / max(self.scale[k], 1e-30) for k in range(len(self.scale))]
+        return sum(per_output) / len(per_output)
+
+
 @torch.no_grad()
 def measure_sensitivity(graph: OnnxGraphModule, plan: QuantPlan, config: QuantConfig, samples: Sequence[Tensor],
                         widths: Sequence[int] = DEFAULT_WIDTHS, device: torch.device | None = None,
@@ -81,12 +119,7 @@ def measure_sensitivity(graph: OnnxGraphModule, plan: QuantPlan, config: QuantCo
     ``graph`` must be the plain lowered model (no quantizers attached); it is left as it was found.
     """
     start = time.perf_counter()
-    device = device or torch.device("cpu")
-    count = len(samples[0])
-    batches = [[x[i:i + config.batch_size].to(device) for x in samples] for i in range(0, count, config.batch_size)]
-    reference = [_outputs(graph, b) for b in batches]
-    # Per output tensor, over all samples: |y|^2.
-    scale = [sum(float((ref[k].double() ** 2).sum()) for ref in reference) for k in range(len(reference[0]))]
+    errors_of = _Errors(graph, samples, config.batch_size, device or torch.device("cpu"))
     layers = []
     names = list(plan.weights)
     for done, name in enumerate(names, 1):
@@ -99,12 +132,65 @@ def measure_sensitivity(graph: OnnxGraphModule, plan: QuantPlan, config: QuantCo
             quantizer.init_from(op.weight)
             op.weight_quantizer = quantizer
             try:
-                sums = [_squared_errors(ref, _outputs(graph, b)) for ref, b in zip(reference, batches, strict=True)]
+                errors[bits] = errors_of.error()
             finally:
                 op.weight_quantizer = None
-            per_output = [sum(s[k] for s in sums) / max(scale[k], 1e-30) for k in range(len(scale))]
-            errors[bits] = sum(per_output) / len(per_output)
         layers.append(LayerSensitivity(name, spec.op_type, int(op.weight.numel()), errors, spec.width_from))
         if progress is not None:
             progress(done, len(names), name)
-    return SensitivityTable(layers, tuple(widths), count, time.perf_counter() - start)
+    return SensitivityTable(layers, tuple(widths), len(samples[0]), time.perf_counter() - start)
+
+
+class _Probe(nn.Module):
+    """Identity on one tensor, except while it observes the tensor's range or quantizes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observer: RangeObserver | None = None
+        self.quantizer: ActivationQuantizer | None = None
+        self.elements = 0  # per sample (axis 0 is the batch), as last observed
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.observer is not None:
+            self.observer.observe(x)
+            self.elements = x[0].numel() if x.ndim else 1
+        return x if self.quantizer is None else self.quantizer(x)
+
+
+@torch.no_grad()
+def measure_activation_sensitivity(graph: OnnxGraphModule, plan: QuantPlan, config: QuantConfig,
+                                   samples: Sequence[Tensor], tensors: Sequence[str],
+                                   widths: Sequence[int] = DEFAULT_WIDTHS, device: torch.device | None = None,
+                                   progress: SensitivityProgress | None = None) -> list[ActivationSensitivity]:
+    """Per activation tensor of ``tensors`` (keys of ``plan.activations``) and width: the output error with
+    only that tensor quantized. ``graph`` must be the plain lowered model; it is left as it was found."""
+    errors_of = _Errors(graph, samples, config.batch_size, device or torch.device("cpu"))
+    probes = {t: _Probe() for t in tensors}
+    graph.set_tensor_modules(dict(probes))
+    rows = []
+    try:
+        for i, probe in enumerate(probes.values()):
+            probe.observer = RangeObserver(config.seed + i)
+        for batch in errors_of.batches:  # one float pass observes every tensor's range
+            graph(*batch)
+        for done, (tensor, probe) in enumerate(probes.items(), 1):
+            observer, probe.observer = probe.observer, None
+            spec = plan.activations[tensor]
+            errors = {}
+            for bits in widths:
+                quantizer = ActivationQuantizer(bits, spec.nonnegative, config.act_init, config.lp_norm,
+                                                seed=config.seed, signed=spec.signed, symmetric=spec.symmetric)
+                quantizer.observer = observer  # read, not consumed: every width starts from the same range
+                quantizer.finish_observing()
+                probe.quantizer = quantizer.to(errors_of.batches[0][0].device)
+                try:
+                    errors[bits] = errors_of.error()
+                finally:
+                    probe.quantizer = None
+            consumers = [w.node for w in plan.weights.values() if w.input == tensor]
+            rows.append(ActivationSensitivity(tensor, consumers, probe.elements, errors))
+            if progress is not None:
+                progress(done, len(probes), tensor)
+    finally:
+        graph.set_tensor_modules({})
+    return rows

@@ -86,6 +86,7 @@ class QuantConfig:
     layers: list[LayerRule] = field(default_factory=list)  # per-layer rules, in order (later wins)
     # Mixed precision (qdrop_onnx.mixed.allocate): one budget, the widths it picks from, the samples measured.
     avg_w_bits: float | None = None  # parameter-weighted mean weight width over the allocated layers
+    avg_a_bits: float | None = None  # element-weighted mean width of the allocated layers' input activations
     size_kb: float | None = None  # weights of every quantized layer at their widths, kB (params x bits / 8000)
     alloc_widths: list[int] = field(default_factory=lambda: [2, 3, 4, 8])
     sensitivity_samples: int = 128
@@ -104,6 +105,23 @@ class QuantConfig:
     max_cache_gb: float | None = None  # None: half of the machine's physical memory; past it, files in cache_dir
     cache_dir: str | None = None  # None: the system's temporary folder (TMPDIR)
     release_memory: bool = False  # True: glibc's own malloc settings (lower peak RSS, slower; recon.allocator)
+
+    @property
+    def allocates(self) -> bool:
+        """Whether a mixed-precision budget is set (``qdrop_onnx.mixed.allocate`` picks widths)."""
+        return self.avg_w_bits is not None or self.size_kb is not None or self.avg_a_bits is not None
+
+    def _check_average(self, flag: str, value: float) -> None:
+        narrowest, widest = min(self.alloc_widths), max(self.alloc_widths)
+        if value > 8:
+            raise ConfigError(f"{flag} must be at most 8 bits, got {value:g}")
+        if value < narrowest:
+            raise ConfigError(f"{flag} {value:g} is below the narrowest width allowed "
+                              f"({narrowest} bits, --alloc-widths {_widths(self.alloc_widths)}): "
+                              "no allocation meets it")
+        if value > widest:
+            raise ConfigError(f"{flag} {value:g} is above the widest width allowed "
+                              f"({widest} bits, --alloc-widths {_widths(self.alloc_widths)})")
 
     def validate(self) -> QuantConfig:
         """Check every value (:class:`ConfigError`; a setting the target cannot run is a
@@ -140,17 +158,9 @@ class QuantConfig:
             raise ConfigError(f"--alloc-widths takes bit widths from 2 to 8 (e.g. 2,3,4,8), got {self.alloc_widths!r}")
         if self.avg_w_bits is not None and self.size_kb is not None:
             raise ConfigError("--avg-w-bits and --size-kb are two budgets: give one")
-        if self.avg_w_bits is not None:
-            narrowest, widest = min(self.alloc_widths), max(self.alloc_widths)
-            if self.avg_w_bits > 8:
-                raise ConfigError(f"--avg-w-bits must be at most 8 bits, got {self.avg_w_bits:g}")
-            if self.avg_w_bits < narrowest:
-                raise ConfigError(f"--avg-w-bits {self.avg_w_bits:g} is below the narrowest width allowed "
-                                  f"({narrowest} bits, --alloc-widths {_widths(self.alloc_widths)}): "
-                                  "no allocation meets it")
-            if self.avg_w_bits > widest:
-                raise ConfigError(f"--avg-w-bits {self.avg_w_bits:g} is above the widest width allowed "
-                                  f"({widest} bits, --alloc-widths {_widths(self.alloc_widths)})")
+        for flag, value in (("--avg-w-bits", self.avg_w_bits), ("--avg-a-bits", self.avg_a_bits)):
+            if value is not None:
+                self._check_average(flag, value)
         if self.size_kb is not None and not self.size_kb > 0:
             raise ConfigError(f"--size-kb must be positive, got {self.size_kb:g}")
         if not isinstance(self.sensitivity_samples, int) or self.sensitivity_samples < 1:

@@ -58,6 +58,7 @@ class WeightSpec:
     # What set ``bits`` when not ``--w`` (a rule's source, or the first/last layer setting): mixed precision
     # allocates only the layers where this is None.
     width_from: str | None = None
+    a_width_from: str | None = None  # the same for the width of its input activation (``--a``: None)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,8 @@ def resolve_layer_rules(nodes: list[str], rules: list[LayerRule]) -> dict[str, d
                 setter[(node, key)] = rule
             sources = settings.get("source")
             label = rule.source or rule.pattern
-            settings["source"] = label if not sources else f"{sources}; {label}"
+            if not sources or label not in sources.split("; "):
+                settings["source"] = label if not sources else f"{sources}; {label}"
     for (first, later), where in clashes.items():
         shown = ", ".join(sorted(set(where))[:3]) + (", ..." if len(set(where)) > 3 else "")
         log.warning("%s and %s disagree on %d node(s) (%s): the later one, %s, wins", first, later,
@@ -174,9 +176,9 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
         edge = ln.name in (plan.first, plan.last) and not config.quantize_first_last
         rule = overrides.get(ln.name, {})
         bits = rule.get("w_bits", config.first_last_bits if edge else config.w_bits)
-        width_from = (rule["w_bits_source"] if "w_bits" in rule
-                      else f"{'first' if ln.name == plan.first else 'last'} layer (--first-last-bits)" if edge
-                      else None)
+        edge_label = f"{'first' if ln.name == plan.first else 'last'} layer (--first-last-bits)" if edge else None
+        width_from = rule["w_bits_source"] if "w_bits" in rule else edge_label
+        a_width_from = rule["a_bits_source"] if "a_bits" in rule else edge_label
         data_input = ln.inputs[0]
         a_bits = rule.get("a_bits", config.first_last_bits if edge else config.a_bits)
         act_bits[data_input] = max(act_bits.get(data_input, 0), a_bits)
@@ -187,7 +189,7 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
         plan.weights[ln.name] = WeightSpec(
             node=ln.name, op_type=ln.node.op_type, bits=bits, symmetric=symmetric, channel_axis=module.channel_axis,
             input=data_input, quantize_bias=target.int32_bias and has_bias and ln.node.op_type in INT32_BIAS_OPS,
-            rule=rule.get("source"), width_from=width_from)
+            rule=rule.get("source"), width_from=width_from, a_width_from=a_width_from)
 
     consumers: dict[str, list[str]] = {}
     for ln in graph.nodes:

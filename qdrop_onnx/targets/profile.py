@@ -72,6 +72,7 @@ class TargetProfile:
         weight = [("--w", config.w_bits), ("--first-last-bits", config.first_last_bits)]
         weight += [("--alloc-widths", b) for b in config.alloc_widths
                    if config.avg_w_bits is not None or config.size_kb is not None]
+        act += [("--alloc-widths (with --avg-a-bits)", b) for b in config.alloc_widths if config.avg_a_bits is not None]
         for rule in config.layers:
             if rule.a_bits is not None:
                 act.append((rule.source or rule.pattern, rule.a_bits))

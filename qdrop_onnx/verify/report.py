@@ -9,8 +9,9 @@ JSON fields (all present; ``null`` where not measured):
   config                            every setting of the run (QuantConfig) plus device
   seconds, timings                  wall time in total and per phase (load, calibrate, reconstruct, ...)
   calibration_samples               samples used
-  layers                            per weighted layer: node, op_type, bits, symmetric, weight_sqnr_db, and
-                                    rule (the --layer-bits / config layers rule that set it, if any)
+  layers                            per weighted layer: node, op_type, bits, input_bits (its input activation's
+                                    width; null: float), symmetric, weight_sqnr_db, and rule (the --layer-bits /
+                                    config layers / allocation rule that set it, if any)
   activations                       per quantized tensor: tensor, bits, reason
   blocks                            per reconstructed block: index, name, kind, loss_before (RTN),
                                     loss_after, seconds, undecided (fraction of soft roundings),
@@ -22,8 +23,10 @@ JSON fields (all present; ``null`` where not measured):
                                     OpenVINO executed them (each layer's runtime precision); left_in_float:
                                     [{node, reason}] for each weighted op the runtime ran in float
   allocation                        mixed precision (a budget set): budget, widths {node: bits}, average_bits,
-                                    weight_kb, error (summed sensitivity), seconds, and the sensitivity table
-                                    (per layer: node, op_type, params, error {bits: value}, fixed)
+                                    weight_kb, a_widths {tensor: bits}, average_a_bits (--avg-a-bits; null
+                                    otherwise), error (summed sensitivity), seconds, and the sensitivity table
+                                    (per layer: node, op_type, params, error {bits: value}, fixed; per allocated
+                                    activation: tensor, consumers, elements per sample, error {bits: value})
 """
 
 from __future__ import annotations
@@ -171,16 +174,22 @@ def render_markdown(data: dict[str, Any]) -> str:
                 "*before* is round-to-nearest.\n",
                 _table(["#", "kind", "block", "loss before", "loss after", "seconds"], rows)]
     if data["layers"]:
-        rows = [[f"`{la['node']}`", la["op_type"], la["bits"], "sym" if la["symmetric"] else "asym",
-                 _fmt(la["weight_sqnr_db"], ".1f"), la.get("rule", "")] for la in data["layers"]]
-        out += ["\n## Weighted layers\n", _table(["layer", "op", "bits", "grid", "weight SQNR dB", "set by"],
-                                                  rows)]
+        rows = [[f"`{la['node']}`", la["op_type"], la["bits"], la.get("input_bits") or "float",
+                 "sym" if la["symmetric"] else "asym", _fmt(la["weight_sqnr_db"], ".1f"), la.get("rule", "")]
+                for la in data["layers"]]
+        out += ["\n## Weighted layers\n", _table(["layer", "op", "bits", "input bits", "grid", "weight SQNR dB",
+                                                   "set by"], rows)]
     alloc = data.get("allocation")
     if alloc:
-        out.append(f"\nMixed precision, {alloc['budget']}: {len(alloc['widths'])} layers allocated, mean "
-                   f"{alloc['average_bits']:.2f} bits, weights {alloc['weight_kb']:.1f} kB at their widths, summed "
-                   f"sensitivity {alloc['error']:.4g}, {alloc['seconds']:.1f} s (the layers table says which "
-                   "rule set each).\n")
+        parts = []
+        if alloc["widths"]:
+            parts.append(f"{len(alloc['widths'])} layers' weights allocated, mean {alloc['average_bits']:.2f} bits")
+        if alloc.get("a_widths"):
+            parts.append(f"{len(alloc['a_widths'])} input activations allocated, mean "
+                         f"{alloc['average_a_bits']:.2f} bits by elements")
+        out.append(f"\nMixed precision, {alloc['budget']}: " + "; ".join(parts) + f"; weights "
+                   f"{alloc['weight_kb']:.1f} kB at their widths, summed sensitivity {alloc['error']:.4g}, "
+                   f"{alloc['seconds']:.1f} s (the layers table says which rule set each).\n")
     counts: dict[int, int] = {}
     for act in data["activations"]:
         counts[act["bits"]] = counts.get(act["bits"], 0) + 1
