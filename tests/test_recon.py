@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -28,9 +30,10 @@ def test_adaround_starts_from_the_float_weight_and_its_hard_rounding_is_rtn(symm
     inside = (rtn.integers(w) > rtn.grid.qmin) & (rtn.integers(w) < rtn.grid.qmax)
     assert torch.allclose(ada(w)[inside], w[inside], atol=1e-5)
     # Hard rounding at the start is round-to-nearest (no exact .5 ties among random weights).
-    ada.hard = True
-    assert torch.equal(ada.integers(w), rtn.integers(w))
-    assert torch.equal(ada(w), rtn(w))
+    with ada.rounding_hard():
+        assert torch.equal(ada.integers(w), rtn.integers(w))
+        assert torch.equal(ada(w), rtn(w))
+    assert not ada.hard
 
 
 def test_hardened_rounding_is_an_integer_grid() -> None:
@@ -81,11 +84,12 @@ def test_drop_prob_one_makes_the_activation_path_exactly_float() -> None:
     assert produced and block.inputs[0] in sim.acts
     x_in = sim.graph.subgraph(blocks[0].nodes, blocks[0].inputs, blocks[0].outputs)(xs)[0].detach()
     x_q = x_in + 0.1 * torch.randn_like(x_in)  # a different "quantized-model" input
-    for q in (sim.acts[t] for t in produced):
-        q.drop_prob = 1.0
-    dropped = _block_forward(sim, block, True, block.outputs)([x_in], [x_q], drop_prob=1.0)
+    with contextlib.ExitStack() as stack:
+        for q in (sim.acts[t] for t in produced):
+            stack.enter_context(q.dropping(1.0))
+        dropped = _block_forward(sim, block, True, block.outputs)([x_in], [x_q], drop_prob=1.0)
     for q in sim.acts.values():
-        q.drop_prob, q.enabled = 0.0, False
+        q.enabled = False
     plain = sim.graph.subgraph(block.nodes, block.inputs, block.outputs)(x_in)
     assert all(torch.equal(a, b) for a, b in zip(dropped, plain, strict=True))
 

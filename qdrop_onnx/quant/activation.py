@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -113,8 +116,8 @@ class ActivationQuantizer(nn.Module):
     ...), otherwise it is chosen at initialisation and then fixed. ``signed`` and ``symmetric`` (TensorRT's
     int8): the grid is [-2^(b-1), 2^(b-1)-1] with zero point 0 for every tensor, the scale max|x| / qmax.
     ``enabled`` switches quantization off (identity), which
-    calibration uses; ``drop_prob`` > 0 is QDrop's element-wise random dropping, on only while a block is
-    reconstructed.
+    calibration uses; QDrop's element-wise random dropping is on only inside ``with q.dropping(p):``, while
+    a block is reconstructed.
     """
 
     def __init__(self, bits: int, nonnegative: bool, init: str = "mse", p: float = 2.4, seed: int = 0,
@@ -133,7 +136,7 @@ class ActivationQuantizer(nn.Module):
         self.scale = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0.0))
         self.enabled = True
-        self.drop_prob = 0.0
+        self._drop_prob = 0.0
         self.observer: RangeObserver | None = None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -141,12 +144,22 @@ class ActivationQuantizer(nn.Module):
             self.observer.observe(x)
         if not self.enabled:
             return x
-        keep_float = drop_mask(x, self.drop_prob) if self.drop_prob > 0 else None
+        keep_float = drop_mask(x, self._drop_prob) if self._drop_prob > 0 else None
         if torch.is_grad_enabled() and (self.scale.requires_grad or x.requires_grad):
             return lsq_fake_quantize(x, self.scale, self.zero_point, self.grid, keep_float)
         q = fake_quantize(x, self.scale, self.zero_point, self.grid)
         # QDrop: each element keeps its float value with probability drop_prob (reconstruction only).
         return q if keep_float is None else torch.lerp(q, x, keep_float)
+
+    @contextmanager
+    def dropping(self, p: float) -> Iterator[None]:
+        """QDrop inside the block: each element keeps its float value with probability ``p`` (masks from
+        torch's default generator, seeded per block by the reconstruction)."""
+        before, self._drop_prob = self._drop_prob, p
+        try:
+            yield
+        finally:
+            self._drop_prob = before
 
     def start_observing(self) -> None:
         self.observer = RangeObserver(self.seed)

@@ -9,6 +9,9 @@ i.e. V >= 0), after which the quantizer is an ordinary integer grid.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -47,6 +50,15 @@ class AdaRoundQuantizer(WeightQuantizer):
         """Fraction of soft rounding values not yet within ``margin`` of 0 or 1."""
         h = self.h().detach()
         return float(((h > margin) & (h < 1 - margin)).float().mean())
+
+    @contextmanager
+    def rounding_hard(self) -> Iterator[None]:
+        """Hard rounding (alpha >= 0 rounds up) inside, soft again after: how the loss before learning is read."""
+        before, self.hard = self.hard, True
+        try:
+            yield
+        finally:
+            self.hard = before
 
     def harden(self) -> None:
         self.hard = True

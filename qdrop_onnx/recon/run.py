@@ -9,6 +9,7 @@ to float with probability ``drop_prob``; their step sizes are learned with the r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -147,22 +148,21 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
     eval_forward = _block_forward(sim, block, qa, targets)  # drop_prob 0: what the finished model computes
     forward = functools.partial(eval_forward, drop_prob=config.drop_prob if qa else 0.0)
 
-    for q in rounding:
-        q.hard = True
-    loss_before = _eval_loss(eval_forward, x_fp, x_q, y_target, device, positions)
-    for q in rounding:
-        q.hard = False
+    with contextlib.ExitStack() as hard:
+        for q in rounding:
+            hard.enter_context(q.rounding_hard())
+        loss_before = _eval_loss(eval_forward, x_fp, x_q, y_target, device, positions)
     start_state = [q.alpha.detach().clone() for q in rounding] + [q.scale.detach().clone() for q in learned_acts]
 
-    for q in learned_acts:
-        q.drop_prob = config.drop_prob
     try:
-        step_progress = (lambda step, loss: progress(block.index, step, loss)) if progress else None
-        trace, seconds, steps = reconstruct_block(forward, x_fp, x_q, y_target, rounding, learned_acts, config,
-                                           step_progress, positions, layout, (block.inputs, targets))
+        with contextlib.ExitStack() as dropping:
+            for q in learned_acts:
+                dropping.enter_context(q.dropping(config.drop_prob))
+            step_progress = (lambda step, loss: progress(block.index, step, loss)) if progress else None
+            trace, seconds, steps = reconstruct_block(forward, x_fp, x_q, y_target, rounding, learned_acts, config,
+                                                      step_progress, positions, layout, (block.inputs, targets))
     finally:
         for q in learned_acts:
-            q.drop_prob = 0.0
             q.scale.requires_grad_(False)
     undecided = sum(q.undecided() * q.alpha.numel() for q in rounding) / max(sum(q.alpha.numel()
                                                                                   for q in rounding), 1)
