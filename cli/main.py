@@ -686,8 +686,8 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
 @click.option("--release-memory", is_flag=True, default=None,
               help="Hand freed memory back to the system at once (glibc's defaults) instead of keeping it for the "
                    "next step: a lower peak RSS (EfficientNet-Lite0, 1024 samples, --max-cache-gb 2: 3.8 GB, not "
-                   "6.3), up to 2.4x slower on CPU (1.5x with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 set in the "
-                   "environment); the same file.")
+                   "6.3), 1.5x slower on CPU, the same file. On Linux glibc the command restarts itself once "
+                   "with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (huge pages; 2.4x slower without).")
 @click.option("--cache-dir", type=click.Path(exists=True, file_okay=False, writable=True), default=None,
               help="Folder for the cache files past --max-cache-gb. [default: the system's temporary folder, "
                    "TMPDIR]")
@@ -809,6 +809,7 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
     )
     from qdrop_onnx.api import quantize as run_quantize
     from qdrop_onnx.quant.config import QuantConfig, read_config_file
+    from qdrop_onnx.recon.allocator import restart_with_huge_pages
     from qdrop_onnx.recon.checkpoint import CHECKPOINT_FILE, CheckpointError
     from qdrop_onnx.recon.policy import AUTO_MAX_ITERS
     from qdrop_onnx.targets import TargetError
@@ -824,6 +825,8 @@ def quantize(model: str, calib: str, output: str | None, config_file: str | None
         config = QuantConfig.from_dict(settings, source=config_file or "flags").validate()
     except TargetError as exc:
         raise click.UsageError(str(exc)) from None
+    if config.release_memory:
+        restart_with_huge_pages()  # returns at once in the restarted process (or off glibc)
     out = Path(output) if output else default_output(model, config)
     if out.resolve() == Path(model).resolve():
         raise click.UsageError("--output is the input model; choose another path (the input is never overwritten)")

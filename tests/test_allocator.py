@@ -63,3 +63,45 @@ def test_nested_uses_share_one_setting() -> None:
             _faults_of_churn(2)
         assert _faults_of_churn(4) <= 2 * 64 * 2**20 // resource.getpagesize()
     release_free_memory()
+
+
+_RESTARTING = """
+import os
+from qdrop_onnx.recon.allocator import restart_with_huge_pages
+print("start", flush=True)
+restart_with_huge_pages()
+print(os.environ.get("GLIBC_TUNABLES"))
+"""
+
+
+@glibc_only
+@pytest.mark.parametrize(("before", "after"), [
+    (None, "glibc.malloc.hugetlb=1"),
+    ("glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),  # kept, appended to
+    ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0"),  # a choice already made is left alone: no restart
+])
+def test_release_memory_restarts_once_with_huge_pages(before: str | None, after: str) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if before is not None:
+        env["GLIBC_TUNABLES"] = before
+    proc = subprocess.run([sys.executable, "-c", _RESTARTING], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1], env=env)
+    assert proc.returncode == 0, proc.stderr
+    starts = 1 if before and "hugetlb" in before else 2  # the restarted process prints "start" again
+    assert proc.stdout.splitlines() == ["start"] * starts + [after]
+
+
+@glibc_only
+def test_quantize_with_release_memory_restarts_and_writes_the_file(tmp_path: Path) -> None:
+    from tests.helpers import small_cnn_and_images
+
+    model, images = small_cnn_and_images(tmp_path, 16)
+    cli = str(Path(sys.executable).parent / "qdrop-onnx")
+    out = tmp_path / "q.onnx"
+    proc = subprocess.run([cli, "quantize", str(model), "--calib", str(images), "--method", "rtn",
+                           "--release-memory", "--no-report", "-o", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and proc.stdout.count("wrote ") == 1

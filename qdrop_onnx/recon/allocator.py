@@ -19,6 +19,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,3 +89,27 @@ def release_free_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+# glibc >= 2.35: malloc asks for transparent huge pages on its heap and mmaps (ignored by older glibc). Read
+# once, at process start, so it cannot be switched on from inside.
+HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def restart_with_huge_pages() -> None:
+    """Re-execute this process (same interpreter and command line) with :data:`HUGE_PAGE_TUNABLE` in
+    ``GLIBC_TUNABLES``, unless it is there already or this is not glibc on Linux.
+
+    For ``--release-memory``: with glibc's own malloc settings every large step tensor is a fresh mapping,
+    zero-filled page by page; with huge pages there are 512x fewer faults. Measured (EfficientNet-Lite0,
+    1024 samples, --max-cache-gb 2, bench.speed's memory section): 2.44x the in-memory run's time without the
+    tunable, 1.5x with it, the peak RSS the same (3.8-3.9 GB) and the same file. Call it before any work: the
+    process is replaced.
+    """
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if not sys.platform.startswith("linux") or _glibc() is None or "glibc.malloc.hugetlb" in tunables:
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=f"{tunables}:{HUGE_PAGE_TUNABLE}" if tunables else HUGE_PAGE_TUNABLE)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
