@@ -56,9 +56,15 @@ def run_cell(model: str, a: int, w: int | None, avg: float | None, method: str, 
     row: dict[str, object] = {"model": model, "a": a, "weights": f"W{w}" if w else f"avg {avg:g}", "seed": seed,
                               "top1": score_file(out, model, latency_repeats=1)["top1_simulated"],
                               "weight_kb": round(weight_kb(result), 1), "seconds": round(result.seconds, 1)}
-    if result.allocation is not None:
-        row["allocation_s"] = round(result.allocation.seconds, 1)
-        row["average_bits"] = round(result.allocation.average_bits, 3)
+    alloc = result.allocation
+    if alloc is not None:
+        row["allocation_s"] = round(alloc.seconds, 1)
+        row["average_bits"] = round(alloc.average_bits, 3)
+        # Which layers were kept wide and why: each allocated layer's width, parameters and sensitivity.
+        table = {la.node: la for la in alloc.sensitivity.layers}
+        row["widths"] = {n: {"bits": b, "params": table[n].params,
+                             "error": {str(k): float(f"{v:.4g}") for k, v in table[n].error.items()}}
+                         for n, b in alloc.widths.items()}
     return row
 
 

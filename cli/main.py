@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from qdrop_onnx.errors import QdropError, UnsupportedModelError, first_line
-from qdrop_onnx.targets import TARGETS
+from qdrop_onnx.targets import RUNTIMES, TARGETS
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -367,7 +367,7 @@ def _echo_plan(graph: Any) -> None:
 @click.option("--reference", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A float model to compare MODEL with (MODEL may come from any quantizer): prints float vs "
                    "quantized accuracy (with labels), top-1 agreement, output SQNR and integer-kernel coverage.")
-@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True,
               help="Where MODEL runs: onnxruntime, or OpenVINO's CPU plugin (needs the openvino package; its "
                    "integer kernels are the layers it executed in int8).")
 @_text_options

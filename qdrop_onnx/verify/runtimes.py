@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from qdrop_onnx.errors import ModelLoadError, first_line
+from qdrop_onnx.targets import RUNTIMES  # noqa: F401 - the names open_session takes, re-exported
 from qdrop_onnx.verify.coverage import KernelCoverage, integer_kernel_coverage
 from qdrop_onnx.verify.evaluate import make_session
 
-RUNTIMES = ("onnxruntime", "openvino")
 # Layer types of OpenVINO's CPU plugin that carry weights (after its own fusions: Gemm/MatMul on a constant
 # become FullyConnected, a grouped Conv stays Convolution with groups, ConvTranspose is Deconvolution).
 OPENVINO_WEIGHTED = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul"})
@@ -102,7 +102,7 @@ class OpenVinoSession:
 
 
 def open_session(model: str | Path | bytes, runtime: str = "onnxruntime", *, device: str = "cpu") -> Any:
-    """A session of ``runtime`` (see :data:`RUNTIMES`) on ``model``; OpenVINO runs on the CPU."""
+    """A session of ``runtime`` (see :data:`qdrop_onnx.targets.RUNTIMES`) on ``model``; OpenVINO runs on the CPU."""
     if runtime == "openvino":
         return OpenVinoSession(model)
     return make_session(model, device=device)
