@@ -159,30 +159,28 @@ def allocate_widths(graph: OnnxGraphModule, config: QuantConfig, samples: Sequen
                     "activation x activation products): no activation width to allocate", label)
     if not free and not tensors:
         return config, None
-    widths: dict[str, int] = {}
     table = SensitivityTable([], tuple(config.alloc_widths), count, 0.0)
+    w_errors: dict[str, dict[int, float]] = {}
+    widths: dict[str, int] = {}
     if free:
         cap = _bits_cap(config, plan, params, free)
         table = measure_sensitivity(graph, plan, config, measured, config.alloc_widths, device, progress)
-        by_node = {layer.node: layer for layer in table.layers}
-        widths = solve({n: by_node[n].error for n in free}, params, cap)
+        w_errors = {layer.node: layer.error for layer in table.layers if layer.node in free}
+        widths = solve(w_errors, params, cap)
+    a_errors: dict[str, dict[int, float]] = {}
+    sizes: dict[str, int] = {}
     a_widths: dict[str, int] = {}
     if tensors:
         table.activations = measure_activation_sensitivity(graph, plan, config, measured, tensors,
                                                            config.alloc_widths, device, progress)
-        by_tensor = {a.tensor: a for a in table.activations}
-        sizes = {t: by_tensor[t].elements for t in tensors}
-        a_cap = float(config.avg_a_bits) * sum(sizes.values())  # type: ignore[arg-type]
-        a_widths = solve({t: by_tensor[t].error for t in tensors}, sizes, a_cap)
+        a_errors = {a.tensor: a.error for a in table.activations}
+        sizes = {a.tensor: a.elements for a in table.activations}
+        a_widths = solve(a_errors, sizes, float(config.avg_a_bits) * sum(sizes.values()))  # type: ignore[arg-type]
     chosen_bits = sum(params[n] * b for n, b in widths.items())
     fixed_bits = sum(params[n] * spec.bits for n, spec in plan.weights.items() if n not in widths)
-    by_node = {layer.node: layer for layer in table.layers}
-    by_tensor = {a.tensor: a for a in table.activations}
-    error = (sum(by_node[n].error[b] for n, b in widths.items())
-             + sum(by_tensor[t].error[b] for t, b in a_widths.items()))
-    elements = sum(by_tensor[t].elements for t in a_widths)
+    error = sum(w_errors[n][b] for n, b in widths.items()) + sum(a_errors[t][b] for t, b in a_widths.items())
     allocation = Allocation(
         label, widths, chosen_bits / sum(params[n] for n in free) if free else None,
         (chosen_bits + fixed_bits) / 8000, error, time.perf_counter() - start, table, a_widths,
-        sum(by_tensor[t].elements * b for t, b in a_widths.items()) / elements if a_widths else None)
+        sum(sizes[t] * b for t, b in a_widths.items()) / sum(sizes.values()) if a_widths else None)
     return replace(config, layers=[*config.layers, *allocation.rules()]), allocation
