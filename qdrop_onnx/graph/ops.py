@@ -138,6 +138,8 @@ class OpTraits:
     such ops is left unquantized.
     ``integer_inputs``: run-time inputs that the runtime's integer kernel of this op reads quantized; each
     gets an activation quantizer (MatMul of two activations: Q.K^T and softmax.V in attention).
+    ``keeps_grid``: every output value is one of input 0's values (a permutation or selection: layout ops,
+    slicing), so values on a quantizer's grid stay on it and re-quantizing them on that grid is exact.
     """
 
     pointwise: bool = False
@@ -145,11 +147,13 @@ class OpTraits:
     shape_only: bool = False
     normalizes: bool = False
     integer_inputs: tuple[int, ...] = ()
+    keeps_grid: bool = False
 
 
 PLAIN = OpTraits()
 KEEPS_SIGN = OpTraits(nonneg=all_inputs)  # non-negative in, non-negative out (every operand)
 MOVES_DATA = OpTraits(nonneg=inputs_at(0))  # moves or selects values of input 0 (layout, pooling, slicing)
+PERMUTES = OpTraits(nonneg=inputs_at(0), keeps_grid=True)  # outputs only values of input 0 (none made anew)
 NONNEG = OpTraits(nonneg=always)
 ACTIVATION = OpTraits(pointwise=True)
 NONNEG_ACTIVATION = OpTraits(pointwise=True, nonneg=always)
@@ -753,7 +757,7 @@ def _reshape(x: Tensor, shape: Sequence[int], allowzero: bool) -> Tensor:
     return x.reshape(target)
 
 
-@register("Reshape", traits=MOVES_DATA)
+@register("Reshape", traits=PERMUTES)
 def lower_reshape(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     allowzero = bool(node.attr("allowzero", 0))
     shape = ctx.const(node.input(1))
@@ -763,7 +767,7 @@ def lower_reshape(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, lambda x, s: _reshape(x, _runtime_ints(s), allowzero))
 
 
-@register("Flatten", traits=MOVES_DATA)
+@register("Flatten", traits=PERMUTES)
 def lower_flatten(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     axis = int(node.attr("axis", 1))
 
@@ -775,7 +779,7 @@ def lower_flatten(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, flatten, positions=[0])
 
 
-@register("Transpose", traits=MOVES_DATA)
+@register("Transpose", traits=PERMUTES)
 def lower_transpose(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     perm = node.attr("perm")
 
@@ -785,7 +789,7 @@ def lower_transpose(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, transpose, positions=[0])
 
 
-@register("DepthToSpace", traits=MOVES_DATA)
+@register("DepthToSpace", traits=PERMUTES)
 def lower_depth_to_space(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     block = int(node.attr("blocksize"))
     mode = node.attr("mode", "DCR")
@@ -802,7 +806,7 @@ def lower_depth_to_space(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, depth_to_space, positions=[0])
 
 
-@register("SpaceToDepth", traits=MOVES_DATA)
+@register("SpaceToDepth", traits=PERMUTES)
 def lower_space_to_depth(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     block = int(node.attr("blocksize"))
 
@@ -861,7 +865,7 @@ def _slice(x: Tensor, starts: list[int], ends: list[int], axes: list[int] | None
     return x
 
 
-@register("Slice", traits=MOVES_DATA)
+@register("Slice", traits=PERMUTES)
 def lower_slice(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     if len(node.inputs) < 3:
         raise Unsupported("Slice(opset<10)")
@@ -926,7 +930,7 @@ def _axes_input(node: OnnxNode, ctx: LoweringContext) -> list[int] | None:
     return ctx.const_ints(node, 1, "axes") if ctx.opset >= 13 else node.attr("axes")
 
 
-@register("Squeeze", traits=MOVES_DATA)
+@register("Squeeze", traits=PERMUTES)
 def lower_squeeze(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     axes = _axes_input(node, ctx)
 
@@ -939,7 +943,7 @@ def lower_squeeze(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, squeeze, positions=[0])
 
 
-@register("Unsqueeze", traits=MOVES_DATA)
+@register("Unsqueeze", traits=PERMUTES)
 def lower_unsqueeze(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     axes = _axes_input(node, ctx)
     if axes is None:
