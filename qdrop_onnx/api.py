@@ -308,7 +308,8 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     graph.cpu()
     with _stage(timings, "export"):
         params = sim.export_params()
-        qdq = build_qdq_model(loaded.model, params, config.format, quantized_outputs=not config.float_outputs)
+        qdq = build_qdq_model(loaded.model, params, config.format, quantized_outputs=not config.float_outputs,
+                              target=get_target(config.target))
         written = save_model_atomic(qdq, output) if output is not None else None
     return QuantResult(qdq, params, plan, config, sim, output=written, seconds=time.perf_counter() - start,
                        calibration_samples=len(samples[0]), timings=timings, blocks=records, device=str(dev),

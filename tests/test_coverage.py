@@ -8,14 +8,21 @@ ConvTranspose rewrite and the quantized output map)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from onnx import helper
 
 from qdrop_onnx.api import left_in_float, quantize
 from qdrop_onnx.data import TensorDataset, input_spec
+from qdrop_onnx.export.qdq import build_qdq_model
 from qdrop_onnx.graph import load_model
 from qdrop_onnx.quant.config import QuantConfig
+from qdrop_onnx.targets import get_target
+from qdrop_onnx.verify import make_session
 from qdrop_onnx.verify.coverage import integer_kernel_coverage
 from tests.helpers import keras_style_cnn, mobile_detector_net, run_ort
 from tests.test_qdq_parity import forced_run
@@ -96,3 +103,41 @@ def test_other_targets_keep_the_conv_transpose() -> None:
     config = QuantConfig(w_bits=8, a_bits=8, method="rtn", samples=32, calib_act_samples=32, target="openvino")
     result = quantize(model, TensorDataset(calib, input_spec(model)), config)
     assert [n.op_type for n in result.model.graph.node if n.name == "up"] == ["ConvTranspose"]
+
+
+
+def _optimized(model_bytes: bytes, tmp_path: Path) -> list[onnx.NodeProto]:
+    """The nodes ONNX Runtime's CPU provider runs (ORT_ENABLE_ALL, as its optimizer saves them)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return list(onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_ort_runs_the_upsampling_and_the_concat_on_integers(bits: int, tmp_path: Path) -> None:
+    """The target's extra Q/DQ pairs (a Q of the phases' grid after DepthToSpace, the Concat's grid on its
+    float input) let ORT run DepthToSpace on uint8 and Concat as QLinearConcat, and a 4-bit activation's grid
+    Clip runs on the uint8 codes. None of them changes a value: the file computes exactly what the same
+    parameters compute written without them."""
+    model, x = mobile_detector_net()
+    result, _ = _rtn(model, bits)
+    nodes = _optimized(result.model.SerializeToString(), tmp_path)
+    producer = {o: n.op_type for n in nodes for o in n.output}
+    ops = [n.op_type for n in nodes]
+    assert "QLinearConcat" in ops and "Concat" not in ops
+    assert [producer[n.input[0]] for n in nodes if n.op_type == "DepthToSpace"] == ["Transpose"]  # NHWC uint8
+    clips = {producer[n.input[0]] for n in nodes if n.op_type == "Clip"}
+    integer_producers = {"QLinearConv", "QLinearConcat", "QLinearGlobalAveragePool", "QuantizeLinear"}
+    assert (clips == set()) if bits == 8 else (clips and clips <= integer_producers)
+    plain = build_qdq_model(load_model(model, rewrites=get_target("ort_cpu").rewrites).model, result.params)
+    assert ops_count(result.model, "QuantizeLinear") == ops_count(plain, "QuantizeLinear") + 2
+    run = {name: make_session(m.SerializeToString(), device="cpu", opt_level="disable").run(None, {"x": x})[0]
+           for name, m in (("target", result.model), ("plain", plain))}
+    assert np.array_equal(run["target"], run["plain"])
+
+
+def ops_count(model: onnx.ModelProto, op_type: str) -> int:
+    return [n.op_type for n in model.graph.node].count(op_type)

@@ -2,8 +2,8 @@
 
 - ``int8``: every grid lives in an 8-bit container (INT8 weights, UINT8 activations, or INT8 for a target's
   signed activations). A b-bit activation
-  grid (b < 8) is enforced with Q → DQ → Clip → Q → DQ: the Clip bounds are exact multiples of the scale,
-  so the result equals b-bit fake quantization, and runtimes still fuse the convs into integer kernels.
+  grid (b < 8) is enforced with Q → Clip → DQ, the Clip on the integer codes (bounds: the grid's codes), so
+  the result equals b-bit fake quantization, and runtimes still fuse the convs into integer kernels.
 - ``native``: 4-bit grids as INT4/UINT4 (opset 21), 2-bit as INT2/UINT2 (opset 25); other widths as int8.
 """
 

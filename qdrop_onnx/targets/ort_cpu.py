@@ -20,4 +20,9 @@ PROFILE = TargetProfile(
     output_quantized_ops=("Conv", "ConvTranspose"), fused_before_q=("Relu", "Clip"), output_bits=8,
     # It has no integer ConvTranspose (DQ -> ConvTranspose -> Q runs in float, a MobileNetV3-style net's
     # upsampling among it): the same values as a Conv and a DepthToSpace, which it runs on integers.
-    rewrites=(conv_transpose_as_conv,))
+    rewrites=(conv_transpose_as_conv,),
+    # Its QDQ propagation does not cross DepthToSpace, so the ConvTranspose rewrite's DepthToSpace ran in float on
+    # the dequantized phases (23 ms of a MobileNetV3-style net's 131 at batch 32, W8A8); with a Q of the same grid
+    # after it, it runs on uint8. Concat becomes QLinearConcat only when every input is a DQ output (a float
+    # Resize beside the quantized branches kept it in float: 11 ms).
+    requantized_moves=("DepthToSpace",), quantize_inputs_like_output=("Concat",))

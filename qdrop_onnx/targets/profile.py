@@ -42,6 +42,12 @@ class TargetProfile:
     but no width gets (:meth:`QuantConfig.from_dict <qdrop_onnx.quant.config.QuantConfig.from_dict>`).
     ``rewrites``: exact graph rewrites (:mod:`qdrop_onnx.graph.rewrite`) applied when the model is loaded, into
     ops the runtime has integer kernels for (ONNX Runtime's CPU provider: ConvTranspose as Conv + DepthToSpace).
+    ``requantized_moves``: ops that only move values (:attr:`OpTraits.keeps_grid
+    <qdrop_onnx.graph.ops.OpTraits.keeps_grid>`) which the runtime runs on integers only between a DQ and a Q
+    of one grid: export gives their output their input's quantizer (exact, the values are on it already).
+    ``quantize_inputs_like_output``: ops the runtime fuses into an integer kernel only when every input is
+    dequantized: export gives each unquantized input the output's quantizer (exact: quantizing is elementwise,
+    so quantizing the parts before the op equals quantizing its output).
     """
 
     name: str
@@ -61,6 +67,8 @@ class TargetProfile:
     output_bits: int | None = None
     verifier: str = "onnxruntime"
     rewrites: tuple[Rewrite, ...] = ()
+    requantized_moves: tuple[str, ...] = ()
+    quantize_inputs_like_output: tuple[str, ...] = ()
 
     def refusal(self, config: QuantConfig) -> str | None:
         """The first setting of ``config`` this target cannot run, as one line; None when it can run all."""
