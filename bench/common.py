@@ -146,6 +146,21 @@ def median_ms(fn: object, repeats: int) -> float:
     return 1000.0 * statistics.median(times)
 
 
+def medians_ms_interleaved(fns: dict[str, object], repeats: int) -> dict[str, float]:
+    """Median milliseconds of each of ``fns``, run in turn within every repeat: a slow spell of the shared
+    machine then slows all of them alike, where timing one after the other put it into a single ratio (a
+    MobileNetV3-style file measured 1.62x its float time at batch 1 that way, 0.77x interleaved)."""
+    for fn in fns.values():
+        fn()  # type: ignore[operator]  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()  # type: ignore[operator]
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000.0 * statistics.median(t) for name, t in times.items()}
+
+
 def score_file(path: Path, model: str, *, latency_repeats: int = 50, threads: int = 0) -> dict[str, object]:
     """Top-1 (simulated and fused), size, integer-kernel coverage and latency of one ONNX file."""
     x, y = arrays(model, "test")

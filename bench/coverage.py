@@ -5,7 +5,8 @@ Nets: a Keras-style CNN (Conv -> ReLU -> BatchNorm, valid padding, 64 channels) 
 W8A8 and W4A4 for ONNX Runtime, W8A8 and W4A8 for OpenVINO (its target's). RTN on random calibration data
 (coverage and latency do not depend on what the weights learned); then in each runtime the weighted ops
 run as integer kernels (ORT: after its optimizer at ORT_ENABLE_ALL; OpenVINO: executed precision) and the
-latency of the float and the quantized file at batch 1 and 32, median of 50 runs, all in one invocation.
+latency of the float and the quantized files at batch 1 and 32, median of 50 runs, the files timed in turn
+within each run (a slow spell of the shared machine slows them alike), all in one invocation.
 Writes ``bench/results/coverage.json``, prints the table, and says which runtimes were absent.
 
     python -m bench.coverage [--repeats 50]
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from bench.common import RESULTS, median_ms
+from bench.common import RESULTS, medians_ms_interleaved
 from bench.run import machine
 from qdrop_onnx.api import quantize
 from qdrop_onnx.data import TensorDataset, input_spec
@@ -45,10 +46,16 @@ def _session(path: Path, runtime: str) -> Any:
     return OpenVinoSession(path) if runtime == "openvino" else make_session(path, device="cpu", opt_level="all")
 
 
-def _latency(path: Path, runtime: str, x: np.ndarray, repeats: int) -> dict[str, float]:
-    session = _session(path, runtime)
-    name = input_spec(onnx.load(str(path), load_external_data=False)).name
-    return {f"b{b}": round(median_ms(lambda xb=x[:b]: session.run(None, {name: xb}), repeats), 3) for b in (1, 32)}
+def _latencies(paths: dict[str, Path], runtime: str, x: np.ndarray, repeats: int) -> dict[str, dict[str, float]]:
+    """{file key: {"b1": ms, "b32": ms}}, every file timed in turn within each repeat."""
+    sessions = {key: _session(path, runtime) for key, path in paths.items()}
+    names = {key: input_spec(onnx.load(str(path), load_external_data=False)).name for key, path in paths.items()}
+    result: dict[str, dict[str, float]] = {key: {} for key in paths}
+    for b in (1, 32):
+        fns = {key: (lambda s=s, n=names[key], xb=x[:b]: s.run(None, {n: xb})) for key, s in sessions.items()}
+        for key, ms in medians_ms_interleaved(fns, repeats).items():
+            result[key][f"b{b}"] = round(ms, 3)
+    return result
 
 
 def run(repeats: int) -> tuple[list[dict[str, Any]], list[str]]:
@@ -64,15 +71,18 @@ def run(repeats: int) -> tuple[list[dict[str, Any]], list[str]]:
             calib = np.random.RandomState(1).randn(64, *x.shape[1:]).astype(np.float32)
             for runtime in runtimes:
                 target, widths = RUNTIMES[runtime]
-                fp = _latency(float_path, runtime, x, repeats)
+                paths = {"float": float_path}
                 for w, a in widths:
                     config = QuantConfig.from_dict({"target": target, "w_bits": w, "a_bits": a, "method": "rtn",
                                                     "samples": 64, "calib_act_samples": 64, "batch_size": 32})
-                    out = work / f"{net}.{runtime}.w{w}a{a}.onnx"
-                    quantize(model, TensorDataset(calib, input_spec(model)), config, out)
-                    coverage = runtime_coverage(out, runtime)
-                    q = _latency(out, runtime, x, repeats)
-                    rows.append({"net": net, "runtime": runtime, "bits": f"W{w}A{a}", "integer": coverage.integer,
+                    paths[f"W{w}A{a}"] = work / f"{net}.{runtime}.w{w}a{a}.onnx"
+                    quantize(model, TensorDataset(calib, input_spec(model)), config, paths[f"W{w}A{a}"])
+                ms = _latencies(paths, runtime, x, repeats)
+                fp = ms["float"]
+                for w, a in widths:
+                    bits = f"W{w}A{a}"
+                    coverage, q = runtime_coverage(paths[bits], runtime), ms[bits]
+                    rows.append({"net": net, "runtime": runtime, "bits": bits, "integer": coverage.integer,
                                  "weighted": coverage.total, "float_b1_ms": fp["b1"], "quant_b1_ms": q["b1"],
                                  "float_b32_ms": fp["b32"], "quant_b32_ms": q["b32"],
                                  "ratio_b1": round(q["b1"] / fp["b1"], 2), "ratio_b32": round(q["b32"] / fp["b32"], 2)})
