@@ -744,8 +744,9 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
               help="Activation range initialisation. [default: mse]")
 @click.option("--lp-norm", type=click.FloatRange(min=0, min_open=True), default=None,
               help="p of the ||W - Q(W)||_p clipping search for weight scales. [default: 2.4]")
-@click.option("--reduce-range", is_flag=True, default=None,
-              help="7-bit weights for 8-bit layers: exact in ORT's int8 kernels on CPUs without VNNI.")
+@click.option("--reduce-range/--no-reduce-range", default=None,
+              help="7-bit weights for 8-bit layers: exact in ORT's int8 kernels on CPUs without VNNI. "
+                   "[default: the target's; off for every target here]")
 @click.option("--samples", type=click.IntRange(min=1), default=None, help="Calibration samples to use. [default: 1024]")
 @click.option("--calib-act-samples", type=click.IntRange(min=1), default=None,
               help="Calibration samples that initialise the activation ranges (at most --samples). [default: 256]")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,14 @@ def test_flags_still_override_the_targets_defaults() -> None:
     assert (config.w_bits, config.a_bits, config.format) == (8, 8, "int8")
     assert QuantConfig.from_dict({"target": "qnn"}).validate().format == "native"
     assert QuantConfig().validate().format == "int8" and QuantConfig().target == "ort_cpu"
+
+
+def test_reduce_range_is_the_targets_unless_a_flag_says_otherwise(monkeypatch) -> None:
+    assert QuantConfig().validate().reduce_range is False  # every shipped target: off
+    monkeypatch.setitem(TARGETS, "saturating", replace(TARGETS["ort_cpu"], name="saturating", reduce_range=True))
+    assert QuantConfig.from_dict({"target": "saturating"}).validate().reduce_range is True
+    assert QuantConfig.from_dict({"target": "saturating", "reduce_range": False}).validate().reduce_range is False
+    assert QuantConfig.from_dict({"reduce_range": True}).validate().reduce_range is True
 
 
 def test_readme_targets_table_is_what_the_command_prints() -> None:

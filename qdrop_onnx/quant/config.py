@@ -92,7 +92,7 @@ class QuantConfig:
     sensitivity_samples: int = 128
     act_init: str = "mse"
     lp_norm: float = 2.4
-    reduce_range: bool = False
+    reduce_range: bool | None = None  # None: the target's reduce_range (validate fills it in)
     samples: int = 1024
     calib_act_samples: int = 256
     batch_size: int = 32
@@ -125,7 +125,7 @@ class QuantConfig:
 
     def validate(self) -> QuantConfig:
         """Check every value (:class:`ConfigError`; a setting the target cannot run is a
-        :class:`~qdrop_onnx.targets.TargetError`) and fill in what the target decides (``format``)."""
+        :class:`~qdrop_onnx.targets.TargetError`) and fill in what the target decides (``format``, ``reduce_range``)."""
         from qdrop_onnx.targets import get_target
 
         for name in ("w_bits", "a_bits", "first_last_bits", "residual_bits", "embedding_bits"):
@@ -174,6 +174,8 @@ class QuantConfig:
         profile.check(self)
         if self.format is None:
             self.format = profile.default_format
+        if self.reduce_range is None:
+            self.reduce_range = profile.reduce_range
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -48,6 +48,8 @@ class TargetProfile:
     ``quantize_inputs_like_output``: ops the runtime fuses into an integer kernel only when every input is
     dequantized: export gives each unquantized input the output's quantizer (exact: quantizing is elementwise,
     so quantizing the parts before the op equals quantizing its output).
+    ``reduce_range``: 7-bit weights for 8-bit layers by default (``--reduce-range``/``--no-reduce-range``
+    override it), for runtimes whose int8 kernels saturate full-range weights.
     """
 
     name: str
@@ -69,6 +71,7 @@ class TargetProfile:
     rewrites: tuple[Rewrite, ...] = ()
     requantized_moves: tuple[str, ...] = ()
     quantize_inputs_like_output: tuple[str, ...] = ()
+    reduce_range: bool = False
 
     def refusal(self, config: QuantConfig) -> str | None:
         """The first setting of ``config`` this target cannot run, as one line; None when it can run all."""
