@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from qdrop_onnx.graph import load_model, lower
 from qdrop_onnx.quant import ActivationQuantizer, IntGrid, QuantConfig, WeightQuantizer, plan_quantization
 from qdrop_onnx.quant.config import ConfigError, read_config_file
 from qdrop_onnx.quant.grid import fake_quantize, lp_error
+from qdrop_onnx.targets import TARGETS
 from tests.helpers import make_model, run_ort, small_cnn
 
 
@@ -96,6 +99,15 @@ def test_placement_on_small_cnn() -> None:
                                                       exclude=["res_conv"]))
     assert {n: s.bits for n, s in everything.weights.items()} == {"stem": 4, "fc": 4}
     assert "r1" not in everything.activations and everything.activations["x"].bits == 3
+
+
+def test_residual_quantizers_are_the_targets_rule(monkeypatch) -> None:
+    graph = lower(load_model(small_cnn()[0]))
+    openvino = QuantConfig(w_bits=4, a_bits=8, target="openvino")
+    assert plan_quantization(graph, openvino).activations["r1"].reason == "output of res_conv into residual add Add_5"
+    # A runtime that runs the conv on integers without them (OpenVINO does: measured, kept for the Add):
+    monkeypatch.setitem(TARGETS, "openvino", replace(TARGETS["openvino"], quantized_residuals=False))
+    assert "r1" not in plan_quantization(graph, openvino).activations
 
 
 def test_no_weighted_layer_and_unknown_exclude_are_clear_errors() -> None:

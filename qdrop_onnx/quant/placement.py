@@ -9,7 +9,8 @@
   reference QDrop code leaves that last one in float, but then no runtime can run that conv (or the Add)
   on integers: ONNX Runtime only fuses DQ -> Conv -> Q, so without it ResNet-20 runs 9 of its 19 convs in
   float. It uses ``residual_bits`` (default 8, as integer accelerators keep the residual path): at 4 bits
-  it costs ResNet-20 1.6 points of RTN W4A4 accuracy.
+  it costs ResNet-20 1.6 points of RTN W4A4 accuracy. Both residual rules are the target's
+  (``quantized_residuals``, on for every target here).
 - Where the target fuses a conv only with a quantizer on its output (ONNX Runtime: DQ -> Conv -> Q), the
   output of every quantized Conv/ConvTranspose (or of the Relu/Clip right after it) that nothing above
   quantizes, at the target's ``output_bits`` (8): before HardSwish, HardSigmoid, GELU, pooling or Concat,
@@ -199,7 +200,7 @@ def plan_quantization(graph: OnnxGraphModule, config: QuantConfig) -> QuantPlan:
     quantized_ops = {name for name in plan.weights}
     producer = {t: ln for ln in graph.nodes for t in ln.node.outputs if t}
     side = graph.side_tensors()
-    for ln in graph.nodes:
+    for ln in graph.nodes if target.quantized_residuals else ():
         # Adding a side tensor (an attention mask to the scores) is masking, not a residual connection.
         if ln.node.op_type != "Add" or len(ln.inputs) != 2 or any(t in side for t in ln.inputs):
             continue

@@ -48,6 +48,9 @@ class TargetProfile:
     ``quantize_inputs_like_output``: ops the runtime fuses into an integer kernel only when every input is
     dequantized: export gives each unquantized input the output's quantizer (exact: quantizing is elementwise,
     so quantizing the parts before the op equals quantizing its output).
+    ``quantized_residuals``: the output of a weighted op (or of the activation after it) that feeds a residual
+    Add gets a ``--residual-bits`` quantizer, and the Add's output one at ``--a`` (see
+    :mod:`qdrop_onnx.quant.placement`): the runtime runs the Add, and the conv before it, on integers only so.
     ``reduce_range``: 7-bit weights for 8-bit layers by default (``--reduce-range``/``--no-reduce-range``
     override it), for runtimes whose int8 kernels saturate full-range weights.
     """
@@ -71,6 +74,7 @@ class TargetProfile:
     rewrites: tuple[Rewrite, ...] = ()
     requantized_moves: tuple[str, ...] = ()
     quantize_inputs_like_output: tuple[str, ...] = ()
+    quantized_residuals: bool = True
     reduce_range: bool = False
 
     def refusal(self, config: QuantConfig) -> str | None:
