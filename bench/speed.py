@@ -25,7 +25,8 @@ shared machine):
   images (its calibration folder, then the same images mirrored left-right, then upside down, until there are
   enough; written as PNG into a scratch folder), once with the whole cache in memory, once with
   ``--max-cache-gb --memory-gb`` (the rest in temporary files), and that with ``--release-memory``, without
-  and with glibc's huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=0``/``1``; the CLI sets 1 itself): wall
+  and with glibc's huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=0``, then no ``GLIBC_TUNABLES``: the CLI
+  restarts itself with ``hugetlb=1``): wall
   time, peak RSS, whether anything went to files (from the run's log), top-1, and whether each file is
   byte-identical to the in-memory one.
 
@@ -74,9 +75,11 @@ def quantize_command(model: str, out: Path, report: Path, w: int, a: int, iters:
 
 
 def run_quantize(command: list[str], code_root: Path, work: Path, threads: int | None = None,
-                 extra_env: dict[str, str] | None = None) -> dict[str, object]:
+                 extra_env: dict[str, str | None] | None = None) -> dict[str, object]:
     """One CLI run from ``code_root``'s sources in a process of its own: its usage, summary and report."""
-    env = {**os.environ, "PYTHONPATH": str(code_root), **(extra_env or {})}
+    # A None in extra_env removes that variable.
+    merged = {**os.environ, "PYTHONPATH": str(code_root), **(extra_env or {})}
+    env = {k: v for k, v in merged.items() if v is not None}
     if threads is not None:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log = work / "log.txt"
@@ -209,9 +212,10 @@ def mirrored_calibration(model: str, count: int, folder: Path) -> Path:
 
 # glibc's transparent-huge-page advice for malloc's mappings (read at process start, glibc >= 2.35). The CLI
 # restarts itself with it under --release-memory unless the variable names the tunable already: hugetlb=0 is
-# how the row without it is measured.
-THP_TUNABLE = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-NO_THP_TUNABLE = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
+# how the row without it is measured; the row with it has no GLIBC_TUNABLES, so what it measures is the
+# CLI's own restart, as a user runs it.
+NO_TUNABLES: dict[str, str | None] = {"GLIBC_TUNABLES": None}
+NO_THP_TUNABLE: dict[str, str | None] = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
 
 
 def measure_memory(model: str, count: int, budget_gb: float, iters: int, work: Path) -> list[dict[str, object]]:
@@ -224,8 +228,8 @@ def measure_memory(model: str, count: int, budget_gb: float, iters: int, work: P
     variants = (("in memory", 1000.0, [], {}), (bounded, budget_gb, [], {}),
                 (f"{bounded} --release-memory, {NO_THP_TUNABLE['GLIBC_TUNABLES']}", budget_gb, ["--release-memory"],
                  NO_THP_TUNABLE),
-                (f"{bounded} --release-memory, {THP_TUNABLE['GLIBC_TUNABLES']}", budget_gb, ["--release-memory"],
-                 THP_TUNABLE))
+                (f"{bounded} --release-memory (restarts with glibc.malloc.hugetlb=1)", budget_gb,
+                 ["--release-memory"], NO_TUNABLES))
     try:
         for label, gb, flags, env in variants:
             folder = Path(tempfile.mkdtemp(dir=work))
