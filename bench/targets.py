@@ -3,8 +3,9 @@ ONNX Runtime and in OpenVINO.
 
 For each model and weight width (activations 8 bits, the OpenVINO target's): quantize with ``--target
 openvino`` (``--method``, RTN by default: minutes, not hours), then score the float and the quantized file
-in both runtimes on the model's test set (CIFAR-10: 1000 evenly spaced images; imagenet-sample/val: all),
-count the weighted layers OpenVINO executed in int8, and time both files at batch 1 and 32 (median of
+in both runtimes on the model's test set (all of it, or ``--test-images`` evenly spaced images), count the
+images whose top-1 class the two runtimes disagree on for the same quantized file, count the weighted layers
+OpenVINO executed in int8, and time both files at batch 1 and 32 (median of
 ``--repeats``) in both runtimes, all in one invocation. Writes ``bench/results/targets.json`` and prints the
 table; without the openvino package it says so and measures ONNX Runtime only.
 
@@ -37,14 +38,23 @@ def _sessions(path: Path, runtimes: list[str]) -> dict[str, Any]:
     return {r: OpenVinoSession(path) if r == "openvino" else make_session(path, device="cpu") for r in runtimes}
 
 
+def disagreements(sessions: dict[str, Any], test: Any) -> int:
+    """Images whose top-1 class differs between the first session and any other, on the same inputs."""
+    count = 0
+    for x, _ in test.batches(250):
+        classes = [np.asarray(s.run(None, x)[0]).argmax(axis=-1) for s in sessions.values()]
+        count += int(np.any([c != classes[0] for c in classes[1:]], axis=0).sum()) if len(classes) > 1 else 0
+    return count
+
+
 def run_model(model: str, widths: list[int], method: str, samples: int, repeats: int, work: Path,
-              runtimes: list[str], iters: int = 2000) -> list[dict[str, Any]]:
+              runtimes: list[str], iters: int = 2000, test_images: int = 0) -> list[dict[str, Any]]:
     bench = MODELS[model]
     options = DataOptions(preset=bench.preset)
     spec = input_specs(load_model(bench.path, simplify=False).model)
     test = options.open(ASSETS / bench.test, spec, classes=ASSETS / bench.classes if bench.classes else None)
-    if len(test) > 1000 and hasattr(test, "subset"):
-        test = test.subset(np.linspace(0, len(test) - 1, 1000).round().astype(int).tolist())
+    if 0 < test_images < len(test):
+        test = test.subset(np.linspace(0, len(test) - 1, test_images).round().astype(int).tolist())
     x = next(test.batches(32))[0]
 
     def latency(session: Any, batch: int) -> float:
@@ -64,7 +74,9 @@ def run_model(model: str, widths: list[int], method: str, samples: int, repeats:
         seconds = time.perf_counter() - start
         row: dict[str, Any] = {"model": model, "bits": f"W{w}A8", "method": method, "images": len(test),
                                "quantize_s": round(seconds, 1)}
-        for runtime, session in _sessions(out, runtimes).items():
+        sessions = _sessions(out, runtimes)
+        row["runtimes_disagree"] = disagreements(sessions, test)
+        for runtime, session in sessions.items():
             b1, b32 = latency(session, 1), latency(session, 32)
             row[runtime] = {"float_top1": round(float_scores[runtime], 2),
                             "top1": round(evaluate_classification(session, test, spec).top1, 2),
@@ -79,16 +91,17 @@ def run_model(model: str, widths: list[int], method: str, samples: int, repeats:
 
 def table(rows: list[dict[str, Any]], runtimes: list[str]) -> str:
     head = "| model | bits | " + " | ".join(f"{r} top-1 (float / q) | {r} b1, b32 ms (float -> q)"
-                                          for r in runtimes) + " | OpenVINO int8 layers |"
-    lines = [head, "|" + "---|" * (3 + 2 * len(runtimes))]
+                                          for r in runtimes) + " | top-1 differs | OpenVINO int8 layers |"
+    lines = [head, "|" + "---|" * (4 + 2 * len(runtimes))]
     for row in rows:
         cells = []
         for r in runtimes:
             c = row[r]
             cells += [f"{c['float_top1']:.2f} / {c['top1']:.2f}",
                       f"{c['float_b1_ms']:.2f} -> {c['b1_ms']:.2f}, {c['float_b32_ms']:.1f} -> {c['b32_ms']:.1f}"]
+        int8_layers = row.get("openvino", {}).get("int8_layers", "-")
         lines.append(f"| {row['model']} | {row['bits']} | " + " | ".join(cells)
-                     + f" | {row.get('openvino', {}).get('int8_layers', '-')} |")
+                     + f" | {row['runtimes_disagree']} of {row['images']} | {int8_layers} |")
     return "\n".join(lines)
 
 
@@ -100,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=256, help="Calibration samples.")
     parser.add_argument("--repeats", type=int, default=50, help="Latency runs per measurement (median).")
     parser.add_argument("--iters", type=int, default=2000, help="Reconstruction steps per block (not rtn).")
+    parser.add_argument("--test-images", type=int, default=0,
+                        help="Score on this many evenly spaced test images (0: the whole test set).")
     args = parser.parse_args(argv)
     runtimes = ["onnxruntime"] + (["openvino"] if openvino_available() else [])
     absent = [] if "openvino" in runtimes else ["openvino"]
@@ -107,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
             rows += run_model(model, [int(w) for w in args.w.split(",")], args.method, args.samples, args.repeats,
-                              Path(tmp), runtimes, args.iters)
+                              Path(tmp), runtimes, args.iters, args.test_images)
     print(table(rows, runtimes))
     if absent:
         print(f"absent runtimes (not measured): {', '.join(absent)}; TensorRT needs a GPU (not measured here)")

@@ -50,10 +50,11 @@ def test_float_model_is_counted_as_float() -> None:
 @pytest.mark.parametrize("w_bits", [8, 4])
 def test_resnet20_openvino_top1_matches_ort_and_runs_in_int8(tmp_path: Path, w_bits: int) -> None:
     """W8A8 and W4A8 (RTN on 64 calibration images, --target openvino) on 1000 CIFAR-10 test images:
-    OpenVINO's top-1 within the issue's 0.3 points of ONNX Runtime's on the same file (measured 81.7 / 81.6 and
-    80.3 / 80.4), and >= 90 % of the weighted layers executed in int8 (20 of 20 measured). Not robust at W4A8:
-    calibrated on 256 images the gap was 0.5 (80.5 / 81.0; the runtimes agree on 99.2 % of top-1 classes, 33 dB
-    between their logits, where the small nets here agree to 1e-7; the cause is not found)."""
+    OpenVINO's top-1 within the issue's 0.3 points of ONNX Runtime's on the same file, >= 90 % of the weighted
+    layers executed in int8 (20 of 20), and the two runtimes' logits as close as two exact integer
+    implementations of one file are. With a quantizer on the residual branch's conv output (the ORT CPU rule)
+    OpenVINO skips that rounding and the mean |logit difference| was 0.11 (10,000 images, W8A8); without it
+    0.008 at W8A8 and 0.017 at W4A8, where ORT's own fused and unfused sessions differ by 0.008-0.014."""
     path = ASSETS / "models/resnet20_cifar10.onnx"
     spec = input_specs(load_model(path, simplify=False).model)
     calib = open_dataset(ASSETS / "cifar10/calib", spec, preset="cifar10")
@@ -62,13 +63,15 @@ def test_resnet20_openvino_top1_matches_ort_and_runs_in_int8(tmp_path: Path, w_b
     quantize(str(path), calib, config, out)
     test = open_dataset(ASSETS / "cifar10/test", spec, preset="cifar10")
     test = test.subset(np.linspace(0, len(test) - 1, 1000).round().astype(int).tolist())
-    session = OpenVinoSession(out)
+    session, reference = OpenVinoSession(out), make_session(out, device="cpu")
     ov = evaluate_classification(session, test, spec)
-    ort = evaluate_classification(make_session(out, device="cpu"), test, spec)
+    ort = evaluate_classification(reference, test, spec)
     coverage = openvino_coverage(session)
     assert abs(ov.top1 - ort.top1) <= 0.3, (ov.top1, ort.top1)
     assert coverage.integer >= 0.9 * coverage.total and coverage.total == 20
-    assert ort.top1 >= {8: 80.0, 4: 79.0}[w_bits]  # measured 81.6 / 80.4 (float 82.1 on these images)
+    assert ort.top1 >= {8: 80.0, 4: 79.0}[w_bits]  # float 82.1 on these images
+    gaps = [np.abs(session.run(None, x)[0] - reference.run(None, x)[0]).mean() for x, _ in test.batches(250)]
+    assert float(np.mean(gaps)) <= 0.04, gaps
 
 
 def test_eval_runtime_openvino_prints_what_it_executed(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@
   on integers: ONNX Runtime only fuses DQ -> Conv -> Q, so without it ResNet-20 runs 9 of its 19 convs in
   float. It uses ``residual_bits`` (default 8, as integer accelerators keep the residual path): at 4 bits
   it costs ResNet-20 1.6 points of RTN W4A4 accuracy. Both residual rules are the target's
-  (``quantized_residuals``, on for every target here).
+  (``quantized_residuals``): off for OpenVINO, which runs that conv in int8 without it and does not
+  round to it when it is there (:mod:`qdrop_onnx.targets.openvino`).
 - Where the target fuses a conv only with a quantizer on its output (ONNX Runtime: DQ -> Conv -> Q), the
   output of every quantized Conv/ConvTranspose (or of the Relu/Clip right after it) that nothing above
   quantizes, at the target's ``output_bits`` (8): before HardSwish, HardSigmoid, GELU, pooling or Concat,
