@@ -284,7 +284,6 @@ def quantize(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset | 
     timings: dict[str, float] = {}
     with _stage(timings, "load"):
         loaded, graph, specs, dataset = _load(model, calib, data, config)
-    torch.manual_seed(config.seed)
     dev = pick_device(device)
     graph.to(dev)
     records: list[BlockRecord] = []

@@ -162,7 +162,7 @@ def test_lsq_fake_quantize_matches_fake_quantize_and_pytorchs_lsq_gradients(drop
     grid = IntGrid(4, signed=False)
     x = (torch.randn(8, 16, 10, 10) * 3).requires_grad_()
     scale, zp = torch.tensor(0.37, requires_grad=True), torch.tensor(5.0)
-    keep = drop_mask(x, 0.5) if dropped else None
+    keep = drop_mask(x, 0.5, torch.Generator().manual_seed(1)) if dropped else None
     out = lsq_fake_quantize(x, scale, zp, grid, keep)
     upstream = torch.randn_like(out)
     gx, gs = torch.autograd.grad(out, (x, scale), upstream)

@@ -59,8 +59,7 @@ def test_beta_schedule() -> None:
 
 @pytest.mark.parametrize("p", [0.0, 0.25, 0.5, 1.0])
 def test_drop_mask_probability(p: float) -> None:
-    torch.manual_seed(0)
-    mask = drop_mask(torch.empty(200_000), p)
+    mask = drop_mask(torch.empty(200_000), p, torch.Generator().manual_seed(0))
     assert mask.dtype == torch.float32 and set(mask.unique().tolist()) <= {0.0, 1.0}
     assert abs(mask.mean().item() - p) < 0.005
     if p in (0.0, 1.0):
@@ -84,14 +83,33 @@ def test_drop_prob_one_makes_the_activation_path_exactly_float() -> None:
     assert produced and block.inputs[0] in sim.acts
     x_in = sim.graph.subgraph(blocks[0].nodes, blocks[0].inputs, blocks[0].outputs)(xs)[0].detach()
     x_q = x_in + 0.1 * torch.randn_like(x_in)  # a different "quantized-model" input
+    masks = torch.Generator().manual_seed(0)
     with contextlib.ExitStack() as stack:
         for q in (sim.acts[t] for t in produced):
-            stack.enter_context(q.dropping(1.0))
-        dropped = _block_forward(sim, block, True, block.outputs)([x_in], [x_q], drop_prob=1.0)
+            stack.enter_context(q.dropping(1.0, masks))
+        dropped = _block_forward(sim, block, True, block.outputs)([x_in], [x_q], drop_prob=1.0, masks=masks)
     for q in sim.acts.values():
         q.enabled = False
     plain = sim.graph.subgraph(block.nodes, block.inputs, block.outputs)(x_in)
     assert all(torch.equal(a, b) for a, b in zip(dropped, plain, strict=True))
+
+
+def test_qdrop_masks_come_from_the_seed_not_torchs_global_generator() -> None:
+    """A run neither reads nor moves torch's global random state: the same seed gives the same file whatever
+    the caller seeded, and the caller's next random number is the one it would have drawn anyway."""
+    model, _ = small_cnn()
+    calib = TensorDataset(np.random.RandomState(1).randn(64, 3, 8, 8).astype(np.float32), input_spec(model))
+    config = QuantConfig(w_bits=2, a_bits=4, iters=20, samples=64, calib_act_samples=64, drop_prob=0.5)
+    files = []
+    for caller_seed in (0, 123):
+        torch.manual_seed(caller_seed)
+        state = torch.random.get_rng_state()
+        files.append(quantize(model, calib, config).model.SerializeToString())
+        assert torch.equal(torch.random.get_rng_state(), state)
+    assert files[0] == files[1]
+    other = quantize(model, calib, QuantConfig(w_bits=2, a_bits=4, iters=20, samples=64, calib_act_samples=64,
+                                               drop_prob=0.5, seed=1)).model.SerializeToString()
+    assert other != files[0]  # another seed, another file
 
 
 def test_reconstruction_beats_rtn_on_every_block() -> None:
@@ -112,7 +130,6 @@ def test_regulariser_pushes_rounding_to_zero_or_one() -> None:
     # code). A 10x step and a 100x weight show the regulariser's effect in 3000 steps, against no regulariser.
     undecided: dict[float, dict[int, float]] = {}
     for weight in (1.0, 0.0):
-        torch.manual_seed(0)  # the drop masks come from torch's global generator: independent of test order
         sim, blocks, xs = _sim_and_blocks()
         calib = torch.from_numpy(np.random.RandomState(2).randn(128, 3, 8, 8).astype(np.float32))
         undecided[weight] = {}
@@ -160,7 +177,6 @@ def test_short_budget_still_learns_resnet20_w2a4() -> None:
 
 def test_a_block_that_learning_made_worse_keeps_round_to_nearest() -> None:
     # A huge rounding step for 4 steps throws the roundings about: the learned state ends above RTN.
-    torch.manual_seed(0)
     sim, blocks, xs = _sim_and_blocks()
     rtn = {name: q.integers(sim.graph.op(name).weight).clone() for name, q in sim.weights.items()}
     records = reconstruct(sim, blocks, [xs], ReconConfig(iters=4, weight_lr=50.0, warmup=0.0))

@@ -16,7 +16,7 @@ SAMPLES_PER_BATCH = 4096
 MAX_SAMPLES = 2**18
 
 
-def drop_mask(like: Tensor, p: float) -> Tensor:
+def drop_mask(like: Tensor, p: float, generator: torch.Generator) -> Tensor:
     """A 0/1 mask of ``like``'s shape and dtype, 1 with probability ``p`` (rounded to a multiple of 1/256).
 
     QDrop needs a fresh mask for every quantized tensor at every step. Each element gets one random byte,
@@ -29,7 +29,8 @@ def drop_mask(like: Tensor, p: float) -> Tensor:
     if threshold <= 0 or threshold >= 256:  # bytes are < 256: no draw is needed
         return torch.full(like.shape, float(threshold >= 256), dtype=like.dtype, device=like.device)
     n = like.numel()
-    bits = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, device=like.device)
+    bits = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, device=like.device,
+                         generator=generator)
     byte = bits.view(torch.uint8)[:n].to(like.dtype)
     # Same strides as `like` (e.g. channels-last): mixing layouts makes every elementwise op copy.
     channels_last = like.ndim == 4 and like.is_contiguous(memory_format=torch.channels_last)
@@ -115,9 +116,8 @@ class ActivationQuantizer(nn.Module):
     Unsigned by default: the zero point is 0 for tensors known to be non-negative (after Relu, Clip >= 0,
     ...), otherwise it is chosen at initialisation and then fixed. ``signed`` and ``symmetric`` (TensorRT's
     int8): the grid is [-2^(b-1), 2^(b-1)-1] with zero point 0 for every tensor, the scale max|x| / qmax.
-    ``enabled`` switches quantization off (identity), which
-    calibration uses; QDrop's element-wise random dropping is on only inside ``with q.dropping(p):``, while
-    a block is reconstructed.
+    ``enabled`` switches quantization off (identity), which calibration uses; QDrop's element-wise random
+    dropping is on only inside ``with q.dropping(p, masks):``, while a block is reconstructed.
     """
 
     def __init__(self, bits: int, nonnegative: bool, init: str = "mse", p: float = 2.4, seed: int = 0,
@@ -137,6 +137,7 @@ class ActivationQuantizer(nn.Module):
         self.register_buffer("zero_point", torch.tensor(0.0))
         self.enabled = True
         self._drop_prob = 0.0
+        self._masks: torch.Generator | None = None  # set only inside dropping()
         self.observer: RangeObserver | None = None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -144,7 +145,7 @@ class ActivationQuantizer(nn.Module):
             self.observer.observe(x)
         if not self.enabled:
             return x
-        keep_float = drop_mask(x, self._drop_prob) if self._drop_prob > 0 else None
+        keep_float = drop_mask(x, self._drop_prob, self._masks) if self._masks is not None else None
         if torch.is_grad_enabled() and (self.scale.requires_grad or x.requires_grad):
             return lsq_fake_quantize(x, self.scale, self.zero_point, self.grid, keep_float)
         q = fake_quantize(x, self.scale, self.zero_point, self.grid)
@@ -152,14 +153,15 @@ class ActivationQuantizer(nn.Module):
         return q if keep_float is None else torch.lerp(q, x, keep_float)
 
     @contextmanager
-    def dropping(self, p: float) -> Iterator[None]:
-        """QDrop inside the block: each element keeps its float value with probability ``p`` (masks from
-        torch's default generator, seeded per block by the reconstruction)."""
-        before, self._drop_prob = self._drop_prob, p
+    def dropping(self, p: float, masks: torch.Generator) -> Iterator[None]:
+        """QDrop inside the block: each element keeps its float value with probability ``p``, the masks drawn
+        from ``masks`` (a generator on the tensors' device, seeded per block by the reconstruction)."""
+        before = self._drop_prob, self._masks
+        self._drop_prob, self._masks = p, (masks if p > 0 else None)
         try:
             yield
         finally:
-            self._drop_prob = before
+            self._drop_prob, self._masks = before
 
     def start_observing(self) -> None:
         self.observer = RangeObserver(self.seed)

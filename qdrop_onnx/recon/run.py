@@ -40,23 +40,25 @@ DoneCallback = Callable[[BlockRecord], None]
 
 def _block_forward(sim: QuantSim, block: Block, quantize_activations: bool,
                    outputs: Sequence[str]) -> Callable[..., list[Tensor]]:
-    """The forward of ``block`` as reconstruction sees it: ``forward(batch_fp, batch_q, drop_prob)``, returning
-    ``outputs`` (the block outputs the loss compares).
+    """The forward of ``block`` as reconstruction sees it: ``forward(batch_fp, batch_q, drop_prob, masks)``,
+    returning ``outputs`` (the block outputs the loss compares).
 
-    Input mixing (X_fp vs quantized X_q) with ``drop_prob``, quantized internals, quantized outputs; the
-    dropping inside the block follows each learned quantizer's own ``drop_prob``.
+    Input mixing (X_fp vs quantized X_q) with ``drop_prob``, its masks drawn from the generator ``masks``;
+    quantized internals, quantized outputs; the dropping inside the block is each learned quantizer's own
+    (``with q.dropping(p, masks)``).
     """
     train = sim.graph.subgraph(block.nodes, block.inputs, list(outputs), transform_inputs=False)
     in_quant = [sim.acts.get(t) for t in block.inputs]
     out_quant = [sim.acts.get(t) for t in outputs]
 
-    def forward(batch_fp: Sequence[Tensor], batch_q: Sequence[Tensor], drop_prob: float = 0.0) -> list[Tensor]:
+    def forward(batch_fp: Sequence[Tensor], batch_q: Sequence[Tensor], drop_prob: float = 0.0,
+                masks: torch.Generator | None = None) -> list[Tensor]:
         inputs = []
         for x_fp, x_q, quantizer in zip(batch_fp, batch_q, in_quant, strict=True):
             if quantizer is not None and quantize_activations:
                 x_q = quantizer(x_q)
-                if drop_prob > 0:
-                    x_q = torch.lerp(x_q, x_fp, drop_mask(x_q, drop_prob))
+                if drop_prob > 0 and masks is not None:
+                    x_q = torch.lerp(x_q, x_fp, drop_mask(x_q, drop_prob, masks))
             inputs.append(x_q)
         outs = train(*inputs)
         return [q(o) if q is not None else o for o, q in zip(outs, out_quant, strict=True)]
@@ -124,7 +126,9 @@ def _replay_one(sim: QuantSim, block: Block, cache: TensorCache, config: ReconCo
 
 def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: ReconConfig,
                      device: torch.device, progress: StepCallback | None,
-                     positions: Tensor | None = None, layout: SequenceLayout | None = None) -> BlockRecord:
+                     positions: Tensor | None = None, layout: SequenceLayout | None = None,
+                     masks: torch.Generator | None = None) -> BlockRecord:
+    """Reconstruct one block; QDrop's masks (input mixing and inside the block) come from ``masks``."""
     graph = sim.graph
     qa = config.quantize_activations
     plain = graph.subgraph(block.nodes, block.inputs, block.outputs, transform_inputs=True)
@@ -146,7 +150,7 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
         q.scale.requires_grad_(True)
     sim.set_quantization(weights=True, activations=qa)
     eval_forward = _block_forward(sim, block, qa, targets)  # drop_prob 0: what the finished model computes
-    forward = functools.partial(eval_forward, drop_prob=config.drop_prob if qa else 0.0)
+    forward = functools.partial(eval_forward, drop_prob=config.drop_prob if qa else 0.0, masks=masks)
 
     with contextlib.ExitStack() as hard:
         for q in rounding:
@@ -157,7 +161,7 @@ def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: Re
     try:
         with contextlib.ExitStack() as dropping:
             for q in learned_acts:
-                dropping.enter_context(q.dropping(config.drop_prob))
+                dropping.enter_context(q.dropping(config.drop_prob, masks))
             step_progress = (lambda step, loss: progress(block.index, step, loss)) if progress else None
             trace, seconds, steps = reconstruct_block(forward, x_fp, x_q, y_target, rounding, learned_acts, config,
                                                       step_progress, positions, layout, (block.inputs, targets))
@@ -231,10 +235,12 @@ def reconstruct(sim: QuantSim, blocks: list[Block], calibration: Sequence[Tensor
                 _replay_one(sim, block, cache, config, device)
                 cache.keep_only({t for later in blocks[k + 1:] for t in later.inputs})
                 continue
-            torch.manual_seed(config.seed + k)
+            # QDrop's masks: one generator per block on the block's device, so a block's masks depend only on
+            # the seed and its index (a resumed run draws the same ones), never on torch's global state.
+            masks = torch.Generator(device=device).manual_seed(config.seed + k)
             start = time.perf_counter()
             record = _reconstruct_one(sim, block, cache, config, device, progress,
-                                      None if positions is None else positions.to(device), layout)
+                                      None if positions is None else positions.to(device), layout, masks)
             record.seconds = time.perf_counter() - start
             records.append(record)
             if after_block is not None:
