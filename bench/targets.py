@@ -38,13 +38,9 @@ def _sessions(path: Path, runtimes: list[str]) -> dict[str, Any]:
     return {r: OpenVinoSession(path) if r == "openvino" else make_session(path, device="cpu") for r in runtimes}
 
 
-def disagreements(sessions: dict[str, Any], test: Any) -> int:
-    """Images whose top-1 class differs between the first session and any other, on the same inputs."""
-    count = 0
-    for x, _ in test.batches(250):
-        classes = [np.asarray(s.run(None, x)[0]).argmax(axis=-1) for s in sessions.values()]
-        count += int(np.any([c != classes[0] for c in classes[1:]], axis=0).sum()) if len(classes) > 1 else 0
-    return count
+def disagreements(predictions: list[np.ndarray]) -> int:
+    """Images whose top-1 class differs between the first runtime's predictions and any other's."""
+    return int(np.any([p != predictions[0] for p in predictions[1:]], axis=0).sum()) if len(predictions) > 1 else 0
 
 
 def run_model(model: str, widths: list[int], method: str, samples: int, repeats: int, work: Path,
@@ -75,11 +71,12 @@ def run_model(model: str, widths: list[int], method: str, samples: int, repeats:
         row: dict[str, Any] = {"model": model, "bits": f"W{w}A8", "method": method, "images": len(test),
                                "quantize_s": round(seconds, 1)}
         sessions = _sessions(out, runtimes)
-        row["runtimes_disagree"] = disagreements(sessions, test)
+        scores = {r: evaluate_classification(s, test, spec) for r, s in sessions.items()}
+        row["runtimes_disagree"] = disagreements([score.predictions for score in scores.values()])
         for runtime, session in sessions.items():
             b1, b32 = latency(session, 1), latency(session, 32)
             row[runtime] = {"float_top1": round(float_scores[runtime], 2),
-                            "top1": round(evaluate_classification(session, test, spec).top1, 2),
+                            "top1": round(scores[runtime].top1, 2),
                             "float_b1_ms": float_latency[runtime][0], "b1_ms": b1,
                             "float_b32_ms": float_latency[runtime][1], "b32_ms": b32}
             if runtime == "openvino":

@@ -57,7 +57,9 @@ def _block_forward(sim: QuantSim, block: Block, quantize_activations: bool,
         for x_fp, x_q, quantizer in zip(batch_fp, batch_q, in_quant, strict=True):
             if quantizer is not None and quantize_activations:
                 x_q = quantizer(x_q)
-                if drop_prob > 0 and masks is not None:
+                if drop_prob > 0:
+                    if masks is None:  # never fall back to torch's global generator
+                        raise ValueError("dropping (drop_prob > 0) needs the block's masks generator")
                     x_q = torch.lerp(x_q, x_fp, drop_mask(x_q, drop_prob, masks))
             inputs.append(x_q)
         outs = train(*inputs)
@@ -125,9 +127,8 @@ def _replay_one(sim: QuantSim, block: Block, cache: TensorCache, config: ReconCo
 
 
 def _reconstruct_one(sim: QuantSim, block: Block, cache: TensorCache, config: ReconConfig,
-                     device: torch.device, progress: StepCallback | None,
-                     positions: Tensor | None = None, layout: SequenceLayout | None = None,
-                     masks: torch.Generator | None = None) -> BlockRecord:
+                     device: torch.device, progress: StepCallback | None, positions: Tensor | None,
+                     layout: SequenceLayout | None, masks: torch.Generator) -> BlockRecord:
     """Reconstruct one block; QDrop's masks (input mixing and inside the block) come from ``masks``."""
     graph = sim.graph
     qa = config.quantize_activations
