@@ -234,6 +234,10 @@ def inspect(model: str, max_block_weights: int) -> None:
               show_default=True, metavar="B,B,...", help="Weight widths to measure each layer at.")
 @click.option("--samples", type=click.IntRange(min=1), default=128, show_default=True,
               help="Calibration samples each measurement runs on.")
+@click.option("--steps", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Steps of learned rounding (AdaRound on the layer's own output) per layer and width below 8 "
+                   "bits, as `quantize --method adaround/brecq/qdrop` allocates by; 0: round to nearest "
+                   "(what --method rtn allocates by).")
 @click.option("--weight-asymmetric", is_flag=True, help="Asymmetric per-channel weights below 8 bits.")
 @click.option("--activations", is_flag=True,
               help="Measure the input activations of the layers too (one tensor quantized at a time, at the same "
@@ -245,14 +249,15 @@ def inspect(model: str, max_block_weights: int) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "json_out", is_flag=True, help="Print the table as JSON on stdout instead.")
 @_text_options
-def sensitivity_cmd(model: str, calib: str, widths: list[int], samples: int, weight_asymmetric: bool,
+def sensitivity_cmd(model: str, calib: str, widths: list[int], samples: int, steps: int, weight_asymmetric: bool,
                     activations: bool, batch_size: int, output: str | None, preset: str | None,
                     mean: tuple[float, float, float] | None,
                     std: tuple[float, float, float] | None, size: tuple[int, int] | None, resize: int | None,
                     device: str, json_out: bool, tokenizer: str | None, max_length: int) -> None:
     """Measure how much each weighted layer's narrower weights hurt: per layer and width, the relative
-    squared error of the model's outputs against the float model with only that layer quantized (round to
-    nearest after the range search). What `quantize --avg-w-bits/--size-kb` allocates by; with
+    squared error of the model's outputs against the float model with only that layer quantized (the range
+    search, then the rounding learned for that layer alone, or round to nearest with --steps 0). What
+    `quantize --avg-w-bits/--size-kb` allocates by; with
     --activations, the same for each layer's input activation (`--avg-a-bits`). Prints a table, writes it as
     JSON and a PNG."""
     import json
@@ -270,7 +275,7 @@ def sensitivity_cmd(model: str, calib: str, widths: list[int], samples: int, wei
         raise click.UsageError(f"--output folder {base.parent} does not exist")
     _check_writable(base.parent)
     config = QuantConfig(weight_asymmetric=weight_asymmetric, batch_size=batch_size, sensitivity_samples=samples,
-                         alloc_widths=widths)
+                         sensitivity_steps=steps, alloc_widths=widths)
     data = _data_options(preset, mean, std, size, resize, tokenizer, max_length, calib, None)
     table = sensitivity(model, calib, config, data=data, device=device, activations=activations,
                         progress=_sensitivity_progress(not json_out))
@@ -534,7 +539,8 @@ class QuantizeCommand(GroupedOptionsCommand):
         ("Quantization", ("w_bits", "a_bits", "method", "target", "format", "weight_asymmetric", "quantize_first_last",
                           "float_outputs", "first_last_bits", "residual_bits", "embedding_bits", "exclude", "layers",
                           "act_init", "lp_norm", "reduce_range")),
-        ("Mixed precision", ("avg_w_bits", "size_kb", "avg_a_bits", "alloc_widths", "sensitivity_samples")),
+        ("Mixed precision", ("avg_w_bits", "size_kb", "avg_a_bits", "alloc_widths", "sensitivity_samples",
+                             "sensitivity_steps")),
         ("Reconstruction", ("iters", "samples", "calib_act_samples", "batch_size", "drop_prob", "reg_weight",
                             "round_lr", "cache_fp16", "max_cache_gb", "cache_dir", "release_memory", "seed", "device",
                             "checkpoint_dir", "resume")),
@@ -740,6 +746,9 @@ def _print_summary(result: Any, model: str, verification: Any, report_files: dic
                                       "[default: 2,3,4,8]")
 @click.option("--sensitivity-samples", type=click.IntRange(min=1), default=None,
               help="Calibration samples the sensitivity of each layer is measured on. [default: 128]")
+@click.option("--sensitivity-steps", type=click.IntRange(min=0), default=None,
+              help="Steps of learned rounding per layer and width in the sensitivity (0: round to nearest). "
+                   "[default: 0 for --method rtn, else 200: the run's own rounding]")
 @click.option("--act-init", type=click.Choice(["minmax", "percentile", "mse"]), default=None,
               help="Activation range initialisation. [default: mse]")
 @click.option("--lp-norm", type=click.FloatRange(min=0, min_open=True), default=None,

@@ -24,6 +24,7 @@ from qdrop_onnx.graph.lower import OnnxGraphModule
 from qdrop_onnx.graph.partition import batch_major_tensors
 from qdrop_onnx.mixed.allocate import Allocation, allocatable_activations, allocate_widths
 from qdrop_onnx.mixed.sensitivity import (
+    FloatOutputs,
     SensitivityProgress,
     SensitivityTable,
     measure_activation_sensitivity,
@@ -332,10 +333,12 @@ def sensitivity(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset
     graph.to(dev)
     plan = plan_quantization(graph, config)
     widths = widths or config.alloc_widths
-    table = measure_sensitivity(graph, plan, config, samples, widths, dev, progress)
+    reference = FloatOutputs(graph, samples, config.batch_size, dev)
+    table = measure_sensitivity(graph, plan, config, reference, widths, progress, int(config.sensitivity_steps or 0),
+                                recon_config(config, graph))
     if activations:
-        table.activations = measure_activation_sensitivity(graph, plan, config, samples,
-                                                           allocatable_activations(graph, plan), widths, dev, progress)
+        table.activations = measure_activation_sensitivity(graph, plan, config, reference,
+                                                           allocatable_activations(graph, plan), widths, progress)
     return table
 
 

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from qdrop_onnx.graph.lower import OnnxGraphModule
 from qdrop_onnx.mixed.sensitivity import (
+    FloatOutputs,
     SensitivityProgress,
     SensitivityTable,
     measure_activation_sensitivity,
@@ -40,6 +41,7 @@ from qdrop_onnx.mixed.sensitivity import (
 )
 from qdrop_onnx.quant.config import ConfigError, LayerRule, QuantConfig
 from qdrop_onnx.quant.placement import QuantPlan, plan_quantization
+from qdrop_onnx.recon.policy import recon_config
 
 log = logging.getLogger("qdrop_onnx")
 
@@ -162,17 +164,19 @@ def allocate_widths(graph: OnnxGraphModule, config: QuantConfig, samples: Sequen
     table = SensitivityTable([], tuple(config.alloc_widths), count, 0.0)
     w_errors: dict[str, dict[int, float]] = {}
     widths: dict[str, int] = {}
+    cap = _bits_cap(config, plan, params, free) if free else 0.0  # refuses an impossible budget before any work
+    reference = FloatOutputs(graph, measured, config.batch_size, device)  # one float pass for both measurements
     if free:
-        cap = _bits_cap(config, plan, params, free)
-        table = measure_sensitivity(graph, plan, config, measured, config.alloc_widths, device, progress)
+        table = measure_sensitivity(graph, plan, config, reference, config.alloc_widths, progress,
+                                    int(config.sensitivity_steps or 0), recon_config(config, graph))
         w_errors = {layer.node: layer.error for layer in table.layers if layer.node in free}
         widths = solve(w_errors, params, cap)
     a_errors: dict[str, dict[int, float]] = {}
     sizes: dict[str, int] = {}
     a_widths: dict[str, int] = {}
     if tensors:
-        table.activations = measure_activation_sensitivity(graph, plan, config, measured, tensors,
-                                                           config.alloc_widths, device, progress)
+        table.activations = measure_activation_sensitivity(graph, plan, config, reference, tensors,
+                                                           config.alloc_widths, progress)
         a_errors = {a.tensor: a.error for a in table.activations}
         sizes = {a.tensor: a.elements for a in table.activations}
         a_widths = solve(a_errors, sizes, float(config.avg_a_bits) * sum(sizes.values()))  # type: ignore[arg-type]

@@ -15,6 +15,9 @@ from typing import Any
 from qdrop_onnx.errors import QdropError, first_line
 
 METHODS = ("rtn", "adaround", "brecq", "qdrop")
+# The sensitivity's learned rounding per layer and width (qdrop_onnx.mixed.sensitivity): see the measurement
+# in that module's docstring for why the run's own rounding, not round to nearest, decides the allocation.
+DEFAULT_SENSITIVITY_STEPS = 200
 FORMATS = ("int8", "native")
 ACT_INITS = ("minmax", "percentile", "mse")
 
@@ -90,6 +93,9 @@ class QuantConfig:
     size_kb: float | None = None  # weights of every quantized layer at their widths, kB (params x bits / 8000)
     alloc_widths: list[int] = field(default_factory=lambda: [2, 3, 4, 8])
     sensitivity_samples: int = 128
+    # Steps of learned rounding per layer and width in the sensitivity (0: round to nearest); None: the run's
+    # own rounding, 0 for rtn, DEFAULT_SENSITIVITY_STEPS for the methods that learn it (validate fills it in).
+    sensitivity_steps: int | None = None
     act_init: str = "mse"
     lp_norm: float = 2.4
     reduce_range: bool | None = None  # None: the target's reduce_range (validate fills it in)
@@ -125,7 +131,8 @@ class QuantConfig:
 
     def validate(self) -> QuantConfig:
         """Check every value (:class:`ConfigError`; a setting the target cannot run is a
-        :class:`~qdrop_onnx.targets.TargetError`) and fill in what the target decides (``format``, ``reduce_range``)."""
+        :class:`~qdrop_onnx.targets.TargetError`) and fill in what the target decides (``format``,
+        ``reduce_range``) and what the method implies (``sensitivity_steps``)."""
         from qdrop_onnx.targets import get_target
 
         for name in ("w_bits", "a_bits", "first_last_bits", "residual_bits", "embedding_bits"):
@@ -165,6 +172,11 @@ class QuantConfig:
             raise ConfigError(f"--size-kb must be positive, got {self.size_kb:g}")
         if not isinstance(self.sensitivity_samples, int) or self.sensitivity_samples < 1:
             raise ConfigError(f"--sensitivity-samples must be a positive integer, got {self.sensitivity_samples!r}")
+        if self.sensitivity_steps is not None and (not isinstance(self.sensitivity_steps, int)
+                                                   or isinstance(self.sensitivity_steps, bool)
+                                                   or self.sensitivity_steps < 0):
+            raise ConfigError(f"--sensitivity-steps must be a whole number of steps (0: round to nearest), "
+                              f"got {self.sensitivity_steps!r}")
         for rule in self.layers:
             for bits in (rule.w_bits, rule.a_bits):
                 if bits is not None and (not isinstance(bits, int) or not 2 <= bits <= 8):
@@ -176,6 +188,8 @@ class QuantConfig:
             self.format = profile.default_format
         if self.reduce_range is None:
             self.reduce_range = profile.reduce_range
+        if self.sensitivity_steps is None:
+            self.sensitivity_steps = 0 if self.method == "rtn" else DEFAULT_SENSITIVITY_STEPS
         return self
 
     def to_dict(self) -> dict[str, Any]:
