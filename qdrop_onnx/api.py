@@ -334,8 +334,7 @@ def sensitivity(model: str | Path | onnx.ModelProto, calib: str | Path | Dataset
     plan = plan_quantization(graph, config)
     widths = widths or config.alloc_widths
     reference = FloatOutputs(graph, samples, config.batch_size, dev)
-    table = measure_sensitivity(graph, plan, config, reference, widths, progress, int(config.sensitivity_steps or 0),
-                                recon_config(config, graph))
+    table = measure_sensitivity(graph, plan, config, reference, widths, progress)
     if activations:
         table.activations = measure_activation_sensitivity(graph, plan, config, reference,
                                                            allocatable_activations(graph, plan), widths, progress)

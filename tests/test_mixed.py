@@ -6,6 +6,7 @@ import itertools
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def test_allocation_is_the_exact_optimum(seed: int) -> None:
 def test_sensitivity_falls_with_width_and_skips_nothing_quantized() -> None:
     model, _ = small_cnn()
     graph = lower(load_model(model))
-    config = QuantConfig().validate()
+    config = QuantConfig(sensitivity_steps=0).validate()
     rng = np.random.RandomState(1)
     samples = [torch.from_numpy(rng.randn(64, 3, 8, 8).astype(np.float32))]
     table = measure_sensitivity(graph, plan_quantization(graph, config), config,
@@ -82,8 +83,8 @@ def test_learned_rounding_sensitivity_reads_what_reconstruction_leaves() -> None
     plan = plan_quantization(graph, config)
     reference = FloatOutputs(graph, samples, config.batch_size)
     before = {n: (op.weight.detach().clone(), op.weight.requires_grad) for n, op in graph.weighted_ops().items()}
-    nearest = measure_sensitivity(graph, plan, config, reference, (2, 4, 8))
-    learned = measure_sensitivity(graph, plan, config, reference, (2, 4, 8), rounding_steps=100)
+    nearest = measure_sensitivity(graph, plan, replace(config, sensitivity_steps=0), reference, (2, 4, 8))
+    learned = measure_sensitivity(graph, plan, replace(config, sensitivity_steps=100), reference, (2, 4, 8))
     assert sum(la.error[2] for la in learned.layers) <= 0.7 * sum(la.error[2] for la in nearest.layers)
     assert [la.error[8] for la in learned.layers] == [la.error[8] for la in nearest.layers]  # 8 bits: not learned
     assert (nearest.rounding_steps, learned.rounding_steps) == (0, 100) and "100 steps" in learned.metric

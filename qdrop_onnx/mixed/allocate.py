@@ -41,7 +41,6 @@ from qdrop_onnx.mixed.sensitivity import (
 )
 from qdrop_onnx.quant.config import ConfigError, LayerRule, QuantConfig
 from qdrop_onnx.quant.placement import QuantPlan, plan_quantization
-from qdrop_onnx.recon.policy import recon_config
 
 log = logging.getLogger("qdrop_onnx")
 
@@ -167,8 +166,7 @@ def allocate_widths(graph: OnnxGraphModule, config: QuantConfig, samples: Sequen
     cap = _bits_cap(config, plan, params, free) if free else 0.0  # refuses an impossible budget before any work
     reference = FloatOutputs(graph, measured, config.batch_size, device)  # one float pass for both measurements
     if free:
-        table = measure_sensitivity(graph, plan, config, reference, config.alloc_widths, progress,
-                                    int(config.sensitivity_steps or 0), recon_config(config, graph))
+        table = measure_sensitivity(graph, plan, config, reference, config.alloc_widths, progress)
         w_errors = {layer.node: layer.error for layer in table.layers if layer.node in free}
         widths = solve(w_errors, params, cap)
     a_errors: dict[str, dict[int, float]] = {}

@@ -43,6 +43,7 @@ from qdrop_onnx.quant.config import QuantConfig
 from qdrop_onnx.quant.placement import QuantPlan, default_weight_symmetric
 from qdrop_onnx.quant.weight import WeightQuantizer
 from qdrop_onnx.recon.block import ReconConfig, reconstruct_block
+from qdrop_onnx.recon.policy import recon_config
 
 DEFAULT_WIDTHS = (2, 3, 4, 8)
 DEFAULT_SAMPLES = 128
@@ -163,17 +164,18 @@ def learn_rounding_alone(op: nn.Module, quantizer: WeightQuantizer, x: Tensor, y
 @torch.no_grad()
 def measure_sensitivity(graph: OnnxGraphModule, plan: QuantPlan, config: QuantConfig, errors_of: FloatOutputs,
                         widths: Sequence[int] = DEFAULT_WIDTHS,
-                        progress: SensitivityProgress | None = None, rounding_steps: int = 0,
-                        recon: ReconConfig | None = None) -> SensitivityTable:
+                        progress: SensitivityProgress | None = None) -> SensitivityTable:
     """The :class:`SensitivityTable` of ``plan``'s quantized weighted layers on the samples of ``errors_of``
-    (every one of them used), each layer at each of ``widths``: round to nearest, or with ``rounding_steps``
-    the rounding learned alone per layer and width (:func:`learn_rounding_alone`, settings from ``recon``:
-    batch size, regulariser weight, seed; 8-bit weights stay round to nearest, where learning buys nothing).
+    (every one of them used), each layer at each of ``widths``: round to nearest, or with
+    ``config.sensitivity_steps`` the rounding learned alone per layer and width (:func:`learn_rounding_alone`,
+    with the run's reconstruction settings: batch size, regulariser weight, seed; 8-bit weights stay round to
+    nearest, where learning buys nothing).
 
     ``graph`` must be the plain lowered model (no quantizers attached); it is left as it was found.
     """
     start = time.perf_counter()
-    recon = recon or ReconConfig(batch_size=config.batch_size, seed=config.seed)
+    rounding_steps = int(config.sensitivity_steps or 0)
+    recon = recon_config(config, graph)
     layers = []
     names = list(plan.weights)
     for done, name in enumerate(names, 1):
