@@ -104,6 +104,12 @@ CASES: list[Case] = [
     single("PRelu", ["x", "s"], {"x": X4}, {"s": f32(4, 1, 1)}),
     single("Clip", ["x", "lo", "hi"], {"x": X4}, {"lo": np.float32(0), "hi": np.float32(0.5)}),
     single("Clip", ["x", "lo"], {"x": X4}, {"lo": np.float32(-0.2)}, case_id="Clip-min-only"),
+    single("Clip", ["x", "", "hi"], {"x": X4}, {"hi": np.float32(0.3)}, case_id="Clip-max-only"),
+    # min > max: every value is max (the constant-bounds fast path must not take it)
+    single("Clip", ["x", "lo", "hi"], {"x": X4}, {"lo": np.float32(0.5), "hi": np.float32(-0.5)},
+           case_id="Clip-min-above-max"),
+    single("Clip", ["x", "lo", "hi"], {"x": X4, "lo": np.array(-0.1, np.float32), "hi": np.array(0.2, np.float32)},
+           case_id="Clip-runtime-bounds"),
     unary("HardSigmoid", alpha=0.25, beta=0.4),
     single("HardSwish", ["x"], {"x": f32(2, 3, 5) * 4}),
     single("Gelu", ["x"], {"x": f32(2, 3, 5)}, opset=20),

@@ -551,6 +551,14 @@ def lower_clip(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     if ctx.opset < 11:
         lo, hi = node.attr("min"), node.attr("max")
         return _apply(node, ctx, lambda x: torch.clamp(x, lo, hi), positions=[0])
+    bounds = _constant_bounds(node, ctx)
+    if bounds is not None:
+        low, high = bounds
+        # Constant bounds (ReLU6 and the like): hardtanh, one fused kernel forward and backward. The
+        # maximum/minimum pair below splits the gradient at ties, which on CPU costs eq, masked_fill, where
+        # and a division per bound each step: ~20 % of an EfficientNet-Lite0 reconstruction step.
+        return _apply(node, ctx, lambda x: F.hardtanh(x, low, high) if x.is_floating_point()
+                      else torch.clamp(x, low, high), positions=[0])
 
     def clip(x: Tensor, lo: Tensor | None = None, hi: Tensor | None = None) -> Tensor:
         if lo is not None:
@@ -560,6 +568,22 @@ def lower_clip(node: OnnxNode, ctx: LoweringContext) -> Lowered:
         return x
 
     return _apply(node, ctx, clip)
+
+
+def _constant_bounds(node: OnnxNode, ctx: LoweringContext) -> tuple[float, float] | None:
+    """A Clip's (min, max) when each is absent or a one-element constant and min <= max; else None."""
+    found: list[float] = []
+    for index, absent in ((1, -math.inf), (2, math.inf)):
+        name = node.input(index)
+        if not name:
+            found.append(absent)
+            continue
+        value = ctx.const(name)
+        if value is None or np.asarray(value).size != 1:
+            return None
+        found.append(float(np.asarray(value).reshape(-1)[0]))
+    low, high = found
+    return (low, high) if low <= high else None  # min > max: ONNX gives max everywhere, the generic path does
 
 
 @register("HardSigmoid", traits=NONNEG_ACTIVATION)
