@@ -123,10 +123,12 @@ def test_full_quantize_run_with_eval_and_json(tmp_path: Path) -> None:
     assert summary["calibration_samples"] == 128 and summary["output_bytes"] == out.stat().st_size
     ver = summary["verification"]
     assert ver["count"] == 1000 and ver["held_out"] is True
-    # Evenly spaced test images: FP32 top-1 82.1 % (81.03 % on all 10k). Measured with these flags: qdrop
-    # 81.6 % top-1, 90.1 % agreement, 12.4 dB; --method rtn 77.9 %, 86.2 %, 10.8 dB. The bounds sit between.
+    # Evenly spaced test images: FP32 top-1 82.1 % (81.03 % on all 10k). Measured with these flags, one
+    # thread as under make test, seeds 0-2, before and after the drop masks drew fewer random bits: qdrop
+    # 79.8-81.5 % top-1, 89.1-92.3 % agreement, 12.3-12.8 dB; --method rtn 77.9 %, 86.2 %, 10.8 dB. At 30 steps
+    # the seed moves top-1 by 1.7 points, so the bounds sit between rtn and the lowest seed.
     assert ver["reference_top1"] == 82.1
-    assert ver["quantized_top1"] >= ver["reference_top1"] - 1.5
+    assert ver["quantized_top1"] >= ver["reference_top1"] - 3.0
     assert ver["agreement"] >= 88.0 and ver["sqnr_db"] >= 11.5
     assert summary["coverage"] == {"integer": 20, "float": 0, "left_in_float": []}
     report = json.loads(Path(summary["report"]["json"]).read_text())

@@ -153,14 +153,16 @@ def test_every_setting_is_a_flag_that_errors_name_correctly() -> None:
             bad.validate()
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("dropped", [False, True])
-def test_lsq_fake_quantize_matches_fake_quantize_and_pytorchs_lsq_gradients(dropped: bool) -> None:
+def test_lsq_fake_quantize_matches_fake_quantize_and_pytorchs_lsq_gradients(dropped: bool,
+                                                                             layout: torch.memory_format) -> None:
     """The hand-written reconstruction kernel: values of fake_quantize, gradients of PyTorch's LSQ kernel."""
     from qdrop_onnx.quant.activation import drop_mask, lsq_fake_quantize
 
     torch.manual_seed(0)
     grid = IntGrid(4, signed=False)
-    x = (torch.randn(8, 16, 10, 10) * 3).requires_grad_()
+    x = (torch.randn(8, 16, 10, 10) * 3).contiguous(memory_format=layout).requires_grad_()
     scale, zp = torch.tensor(0.37, requires_grad=True), torch.tensor(5.0)
     keep = drop_mask(x, 0.5, torch.Generator().manual_seed(1)) if dropped else None
     out = lsq_fake_quantize(x, scale, zp, grid, keep)

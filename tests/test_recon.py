@@ -57,11 +57,15 @@ def test_beta_schedule() -> None:
     assert beta_at(60, config) == pytest.approx(11.0)
 
 
-@pytest.mark.parametrize("p", [0.0, 0.25, 0.5, 1.0])
+@pytest.mark.parametrize("p", [0.0, 0.25, 0.5, 0.75, 0.3, 1.0])  # 1, 2 and 8 random bits per element
 def test_drop_mask_probability(p: float) -> None:
-    mask = drop_mask(torch.empty(200_000), p, torch.Generator().manual_seed(0))
+    mask = drop_mask(torch.empty(200_003), p, torch.Generator().manual_seed(0))
     assert mask.dtype == torch.float32 and set(mask.unique().tolist()) <= {0.0, 1.0}
     assert abs(mask.mean().item() - p) < 0.005
+    if 0 < p < 1:  # neighbours (same random byte) and elements 8 apart (same bit of the next byte) independent
+        for lag in (1, 8, 64):
+            a, b = mask[:-lag] - p, mask[lag:] - p
+            assert abs(float((a * b).mean()) / (p * (1 - p))) < 0.01, lag
     if p in (0.0, 1.0):
         assert bool((mask == 1).all()) == (p == 1.0) and bool((mask == 1).any()) == (p == 1.0)
 
