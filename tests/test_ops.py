@@ -110,6 +110,8 @@ CASES: list[Case] = [
            case_id="Clip-min-above-max"),
     single("Clip", ["x", "lo", "hi"], {"x": X4, "lo": np.array(-0.1, np.float32), "hi": np.array(0.2, np.float32)},
            case_id="Clip-runtime-bounds"),
+    Case("Clip-int64", [N("Clip", ["x", "lo", "hi"], ["out"])], {"x": np.array([[1, 5, -3, 9]], np.int64)},
+         ["out"], {"lo": np.array(0, np.int64), "hi": np.array(6, np.int64)}, out_types={"out": TensorProto.INT64}),
     unary("HardSigmoid", alpha=0.25, beta=0.4),
     single("HardSwish", ["x"], {"x": f32(2, 3, 5) * 4}),
     single("Gelu", ["x"], {"x": f32(2, 3, 5)}, opset=20),
