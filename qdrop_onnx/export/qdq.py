@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qdrop_onnx.errors import QdropError, first_line
 from qdrop_onnx.export.encoding import Container, activation_container, int_tensor, weight_container
-from qdrop_onnx.graph.ops import traits_for
+from qdrop_onnx.graph.ops import clip_bounds, traits_for
 from qdrop_onnx.graph.proto import default_opset, drop_unused_initializers
 from qdrop_onnx.params import ActivationParams, QuantParams, TableParams, WeightParams
 from qdrop_onnx.targets.profile import TargetProfile
@@ -141,17 +141,6 @@ def _activation_nodes(ap: ActivationParams, fmt: str, clip: ClipBounds | None = 
     return inits, nodes, activation_output(ap, fmt)
 
 
-def _clip_bound(name: str, default: float, constants: dict[str, TensorProto]) -> float | None:
-    """One bound of a Clip: ``default`` when the input is omitted, its value when a scalar initializer, and
-    None when it is computed at run time or not a scalar (then the Clip cannot be folded)."""
-    if not name:
-        return default
-    if name not in constants:
-        return None
-    value = numpy_helper.to_array(constants[name])
-    return float(value) if value.size == 1 else None
-
-
 def _absorbable_clip(clip: onnx.NodeProto, ap: ActivationParams, fmt: str, constants: dict[str, TensorProto],
                      quantized: set[str], outputs: set[str]) -> ClipBounds | None:
     """``clip`` (the node producing ``ap.tensor``) if ``ap``'s quantizer can apply its range itself.
@@ -165,10 +154,11 @@ def _absorbable_clip(clip: onnx.NodeProto, ap: ActivationParams, fmt: str, const
     """
     if len(clip.input) < 2 or clip.input[0] in quantized or ap.tensor in outputs:
         return None
-    low = _clip_bound(clip.input[1], -np.inf, constants)
-    high = _clip_bound(clip.input[2] if len(clip.input) > 2 else "", np.inf, constants)
-    if low is None or high is None or not low <= high:
+    bounds = clip_bounds(clip.input, lambda name: numpy_helper.to_array(constants[name]) if name in constants
+                         else None)
+    if bounds is None:
         return None
+    low, high = bounds
     lo, hi = _grid_range(ap)
     grid_clip = ap.bits < activation_container(ap.bits, fmt, ap.signed).bits
     if grid_clip or (ap.bits < 8 and low <= lo and hi <= high):

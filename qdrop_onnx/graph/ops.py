@@ -555,7 +555,7 @@ def lower_clip(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     # The maximum/minimum pair splits the gradient at ties, which on CPU costs eq, masked_fill, where and a
     # division per bound each step: ~20 % of an EfficientNet-Lite0 reconstruction step. Integer tensors keep
     # maximum/minimum, which keep their dtype (clamp by a float bound would make them float).
-    bounds = _constant_bounds(node, ctx)
+    bounds = clip_bounds(node.inputs, ctx.const)
 
     def clip(x: Tensor, lo: Tensor | None = None, hi: Tensor | None = None) -> Tensor:
         if bounds is not None and x.is_floating_point():
@@ -569,20 +569,25 @@ def lower_clip(node: OnnxNode, ctx: LoweringContext) -> Lowered:
     return _apply(node, ctx, clip)
 
 
-def _constant_bounds(node: OnnxNode, ctx: LoweringContext) -> tuple[float, float] | None:
-    """A Clip's (min, max) when each is absent or a one-element constant and min <= max; else None."""
+def clip_bounds(inputs: Sequence[str], constant: Callable[[str], np.ndarray | None]) -> tuple[float, float] | None:
+    """A Clip's (min, max) when each is absent (-inf, inf) or a one-element constant and min <= max; else None.
+
+    ``inputs``: the Clip's input names (opset >= 11); ``constant``: an input's value when it is known before
+    run time, else None. min > max is None too: ONNX gives max everywhere, which only the generic path does.
+    Lowering (hardtanh) and export (a Clip folded into its quantizer's grid) both ask this.
+    """
     found: list[float] = []
     for index, absent in ((1, -math.inf), (2, math.inf)):
-        name = node.input(index)
+        name = inputs[index] if index < len(inputs) else ""
         if not name:
             found.append(absent)
             continue
-        value = ctx.const(name)
+        value = constant(name)
         if value is None or np.asarray(value).size != 1:
             return None
         found.append(float(np.asarray(value).reshape(-1)[0]))
     low, high = found
-    return (low, high) if low <= high else None  # min > max: ONNX gives max everywhere, the generic path does
+    return (low, high) if low <= high else None
 
 
 @register("HardSigmoid", traits=NONNEG_ACTIVATION)
